@@ -1,0 +1,495 @@
+//! The configuration file: one TOML file a person reads and edits.
+//!
+//! Every key has a documented default (see `example.toml`, printed by
+//! `qrelay config example`). Unknown keys are errors, so a typo never silently
+//! turns a security setting off; `qrelay config check FILE` names the bad key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// The commented example configuration; every key with its default.
+pub const EXAMPLE: &str = include_str!("example.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// The transport level a message needs (standards.md section H).
+///
+/// Ordered from weakest to strongest. `verified` (DANE / MTA-STS / DNSSEC)
+/// arrives with the DNSSEC work; the enum is shaped so it slots in above
+/// `trusted`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// TLS when the peer offers it, plaintext otherwise (opportunistic).
+    May,
+    /// TLS >= 1.2 mandatory, peer not authenticated. Never plaintext.
+    Encrypted,
+    /// Additionally a PKIX chain to a trusted root and the MX host name in the certificate.
+    Trusted,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::May => "may",
+            Level::Encrypted => "encrypted",
+            Level::Trusted => "trusted",
+        }
+    }
+}
+
+impl std::fmt::Display for Level {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub smtp: SmtpConfig,
+    pub spool: SpoolConfig,
+    pub dns: DnsConfig,
+    pub tls: TlsConfig,
+    pub delivery: DeliveryConfig,
+    pub control: ControlConfig,
+    pub log: LogConfig,
+    /// Risk classes by name. Every message is `normal` for now.
+    pub class: BTreeMap<String, ClassConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// Addresses the LAN-side SMTP listener binds to.
+    pub listen: Vec<SocketAddr>,
+    /// Name in the greeting, EHLO reply, Received header and DSNs. Empty: the system's host name.
+    pub hostname: String,
+    /// Clients in these networks may relay without authentication.
+    pub relay_networks: Vec<IpNet>,
+    /// Largest message accepted, in bytes (advertised with SIZE).
+    pub max_message_size: u64,
+    /// Most recipients per message.
+    pub max_recipients: usize,
+    /// Most simultaneous inbound connections, in total and per client IP.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Longest command or message line accepted, in bytes including CRLF.
+    pub max_line_length: usize,
+    /// Idle time allowed while waiting for a command.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Time allowed for the whole DATA phase.
+    #[serde(with = "humantime_serde")]
+    pub data_timeout: Duration,
+    /// Certificate chain and key (PEM) for inbound STARTTLS. Empty: a self-signed
+    /// certificate is generated on first start and kept in `<spool.dir>/tls/`.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Users who may relay from anywhere after SMTP AUTH (PLAIN/LOGIN, only over TLS).
+    pub users: Vec<SmtpUser>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpUser {
+    pub name: String,
+    /// An argon2 PHC string (`qrelay config hash-password` makes one).
+    pub password_hash: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Data directory: spool, generated keys, control socket.
+    pub dir: PathBuf,
+    /// New mail is refused with 452 when less than this many bytes are free.
+    pub min_free_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Upstream resolvers (ip:port). Empty: the system's (/etc/resolv.conf).
+    pub servers: Vec<SocketAddr>,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Extra PEM trust anchors for PKIX, added to the built-in (Mozilla) roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// TCP port of recipient MX hosts (25; tests use their own).
+    pub port: u16,
+    /// Name we announce in EHLO. Empty: `smtp.hostname`.
+    pub helo_name: String,
+    /// Most simultaneous outbound transactions.
+    pub concurrency: usize,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Waits between attempts; the last one repeats until the queue lifetime ends.
+    #[serde(with = "humantime_serde_vec")]
+    pub retry_schedule: Vec<Duration>,
+    /// A recipient still undelivered after this long is bounced.
+    #[serde(with = "humantime_serde")]
+    pub queue_lifetime: Duration,
+    /// A delay DSN is sent once a recipient has waited this long (0 = never).
+    #[serde(with = "humantime_serde")]
+    pub delay_warning: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// The admin control socket. Empty: `<spool.dir>/control.sock`.
+    pub socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter, e.g. "info" or "qrelay=debug".
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassConfig {
+    /// The minimum transport level for messages of this class.
+    pub level: Level,
+}
+
+mod humantime_serde_vec {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|d| humantime::format_duration(*d).to_string()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        let raw = Vec::<String>::deserialize(d)?;
+        raw.iter()
+            .map(|s| humantime::parse_duration(s).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            listen: vec!["127.0.0.1:2525".parse().expect("literal")],
+            hostname: String::new(),
+            relay_networks: vec!["127.0.0.0/8".parse().expect("literal")],
+            max_message_size: 50 * 1024 * 1024,
+            max_recipients: 1000,
+            max_connections: 200,
+            max_connections_per_ip: 50,
+            max_line_length: 8192,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+            tls_cert: None,
+            tls_key: None,
+            users: Vec::new(),
+        }
+    }
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            dir: PathBuf::from("qrelay-data"),
+            min_free_bytes: 200 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            servers: Vec::new(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig { ca_file: None }
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        let m = |mins: u64| Duration::from_secs(mins * 60);
+        DeliveryConfig {
+            port: 25,
+            helo_name: String::new(),
+            concurrency: 20,
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(300),
+            retry_schedule: vec![m(5), m(10), m(20), m(40), m(60), m(120), m(240)],
+            queue_lifetime: Duration::from_secs(5 * 24 * 3600),
+            delay_warning: Duration::from_secs(4 * 3600),
+        }
+    }
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig { socket: None }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut class = BTreeMap::new();
+        class.insert(
+            "normal".to_string(),
+            ClassConfig {
+                level: Level::Encrypted,
+            },
+        );
+        Config {
+            smtp: SmtpConfig::default(),
+            spool: SpoolConfig::default(),
+            dns: DnsConfig::default(),
+            tls: TlsConfig::default(),
+            delivery: DeliveryConfig::default(),
+            control: ControlConfig::default(),
+            log: LogConfig::default(),
+            class,
+        }
+    }
+}
+
+impl Config {
+    /// Read and validate a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parse and validate configuration text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        // A class table given in the file adds to the built-in classes rather than
+        // replacing them, so `normal` always exists.
+        cfg.class
+            .entry("normal".into())
+            .or_insert(ClassConfig {
+                level: Level::Encrypted,
+            });
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_string(),
+            message: message.to_string(),
+        };
+        if self.smtp.listen.is_empty() {
+            return Err(bad("smtp.listen", "at least one address is needed"));
+        }
+        if self.smtp.max_message_size < 1024 {
+            return Err(bad("smtp.max_message_size", "must be at least 1024 bytes"));
+        }
+        if self.smtp.max_recipients == 0 {
+            return Err(bad("smtp.max_recipients", "must be at least 1"));
+        }
+        if self.smtp.max_connections == 0 || self.smtp.max_connections_per_ip == 0 {
+            return Err(bad("smtp.max_connections", "must be at least 1"));
+        }
+        if self.smtp.max_line_length < 1000 {
+            return Err(bad(
+                "smtp.max_line_length",
+                "must be at least 1000 (RFC 5321 section 4.5.3.1.6)",
+            ));
+        }
+        if self.smtp.tls_cert.is_some() != self.smtp.tls_key.is_some() {
+            return Err(bad(
+                "smtp.tls_cert",
+                "tls_cert and tls_key must be given together",
+            ));
+        }
+        for (i, u) in self.smtp.users.iter().enumerate() {
+            if u.name.is_empty() {
+                return Err(bad(&format!("smtp.users[{i}].name"), "must not be empty"));
+            }
+            if argon2::PasswordHash::new(&u.password_hash).is_err() {
+                return Err(bad(
+                    &format!("smtp.users[{i}].password_hash"),
+                    "not an argon2 PHC string (make one with `qrelay config hash-password`)",
+                ));
+            }
+        }
+        if self.spool.dir.as_os_str().is_empty() {
+            return Err(bad("spool.dir", "must not be empty"));
+        }
+        if self.delivery.concurrency == 0 {
+            return Err(bad("delivery.concurrency", "must be at least 1"));
+        }
+        if self.delivery.retry_schedule.is_empty() {
+            return Err(bad("delivery.retry_schedule", "needs at least one interval"));
+        }
+        if self.delivery.retry_schedule.iter().any(|d| d.is_zero()) {
+            return Err(bad("delivery.retry_schedule", "intervals must be > 0"));
+        }
+        if self.delivery.queue_lifetime.is_zero() {
+            return Err(bad("delivery.queue_lifetime", "must be > 0"));
+        }
+        if let Some(ca) = &self.tls.ca_file {
+            if !ca.exists() {
+                return Err(bad("tls.ca_file", &format!("{} does not exist", ca.display())));
+            }
+        }
+        Ok(())
+    }
+
+    /// The host name used in greetings, Received headers and DSNs.
+    pub fn hostname(&self) -> String {
+        if !self.smtp.hostname.is_empty() {
+            return self.smtp.hostname.clone();
+        }
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into())
+    }
+
+    pub fn helo_name(&self) -> String {
+        if self.delivery.helo_name.is_empty() {
+            self.hostname()
+        } else {
+            self.delivery.helo_name.clone()
+        }
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.control
+            .socket
+            .clone()
+            .unwrap_or_else(|| self.spool.dir.join("control.sock"))
+    }
+
+    /// The level a class demands; unknown classes get the strictest configured one
+    /// (never silently weaker).
+    pub fn class_level(&self, class: &str) -> Level {
+        match self.class.get(class) {
+            Some(c) => c.level,
+            None => self
+                .class
+                .values()
+                .map(|c| c.level)
+                .max()
+                .unwrap_or(Level::Encrypted),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_parses_and_equals_defaults() {
+        let cfg = Config::parse(EXAMPLE, Path::new("example.toml")).expect("example parses");
+        let def = Config::default();
+        assert_eq!(cfg.smtp.listen, def.smtp.listen);
+        assert_eq!(cfg.smtp.relay_networks, def.smtp.relay_networks);
+        assert_eq!(cfg.spool.dir, def.spool.dir);
+        assert_eq!(cfg.delivery.retry_schedule, def.delivery.retry_schedule);
+        assert_eq!(cfg.delivery.queue_lifetime, def.delivery.queue_lifetime);
+        assert_eq!(cfg.smtp.max_message_size, def.smtp.max_message_size);
+        assert_eq!(cfg.class_level("normal"), Level::Encrypted);
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        let cfg = Config::parse("", Path::new("x")).unwrap();
+        assert_eq!(cfg.delivery.port, 25);
+        assert_eq!(cfg.class_level("normal"), Level::Encrypted);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("[smtp]\nlisen = []\n", Path::new("x")).unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let err = Config::parse("[delivery]\nretry_schedule = []\n", Path::new("x")).unwrap_err();
+        assert!(err.to_string().contains("delivery.retry_schedule"), "{err}");
+        let err = Config::parse("[class.normal]\nlevel = \"sometimes\"\n", Path::new("x"))
+            .unwrap_err();
+        assert!(err.to_string().contains("sometimes"), "{err}");
+    }
+
+    #[test]
+    fn issue_keys_parse() {
+        let text = r#"
+[smtp]
+listen = ["127.0.0.1:2525"]
+relay_networks = ["127.0.0.0/8"]
+[spool]
+dir = "qrelay-data"
+[dns]
+servers = ["127.0.10.54:53"]
+[delivery]
+port = 25
+[class.normal]
+level = "trusted"
+"#;
+        let cfg = Config::parse(text, Path::new("x")).unwrap();
+        assert_eq!(cfg.dns.servers, vec!["127.0.10.54:53".parse().unwrap()]);
+        assert_eq!(cfg.class_level("normal"), Level::Trusted);
+        assert_eq!(cfg.class_level("unknown"), Level::Trusted);
+    }
+}

@@ -1,0 +1,65 @@
+//! Outbound delivery: one SMTP transaction to a recipient domain's mail server.
+//!
+//! The scheduler (`queue`) decides *when*; this module does one attempt for all
+//! pending recipients of one message in one domain: MX lookup, host order, connect,
+//! STARTTLS at the required level, MAIL/RCPT/DATA, and reports per-recipient outcomes
+//! plus the TLS facts of the session.
+
+use std::sync::Arc;
+
+use crate::config::Level;
+use crate::spool::record::{Attempt, BodyType, Notify, QueueId, Ret};
+
+/// One recipient in a delivery request.
+#[derive(Debug, Clone)]
+pub struct RcptRequest {
+    pub address: String,
+    pub orcpt: Option<String>,
+    pub notify: Option<Notify>,
+}
+
+/// Everything one delivery attempt needs.
+#[derive(Debug, Clone)]
+pub struct DeliveryRequest {
+    pub id: QueueId,
+    /// The destination domain (lower-case); all recipients are in it.
+    pub domain: String,
+    pub sender: String,
+    pub recipients: Vec<RcptRequest>,
+    pub body: BodyType,
+    pub smtputf8: bool,
+    pub ret: Option<Ret>,
+    pub envid: Option<String>,
+    /// The minimum transport level (from the message's class).
+    pub level: Level,
+    pub content: Arc<Vec<u8>>,
+}
+
+/// The outcome for one recipient, in request order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptOutcome {
+    /// The server accepted the message for this recipient. `remote_dsn`: the server
+    /// took our DSN parameters, so success notices are now its job (RFC 3461 4.1).
+    Delivered { reply: String, remote_dsn: bool },
+    /// Try again later (4xx, no connection, TLS level not met, DNS outage).
+    Deferred { reply: String, status: String },
+    /// Permanent failure (5xx, null MX, no such domain); bounce now.
+    Failed { reply: String, status: String },
+}
+
+/// The result of one attempt.
+#[derive(Debug, Clone)]
+pub struct DeliveryReport {
+    pub outcomes: Vec<RcptOutcome>,
+    /// The host that carried the transaction (or the last one tried), with TLS facts.
+    pub attempt: Attempt,
+}
+
+/// Something that can carry out a delivery attempt. The real one is SMTP over the
+/// Internet ([`client::Deliverer`]); the scheduler's unit tests use a scripted one.
+pub trait Transport: Send + Sync + 'static {
+    fn deliver(
+        &self,
+        req: DeliveryRequest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = DeliveryReport> + Send + '_>>;
+}

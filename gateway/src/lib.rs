@@ -1,0 +1,27 @@
+//! qrelay: the firmware of a mail gateway that delivers outgoing mail only with the
+//! transport protection each message needs, and can prove how every message left.
+//!
+//! One module per concern, named for its one job (like Postfix's programs):
+//! - [`config`]: the TOML configuration file.
+//! - [`smtp`]: the inbound SMTP server for the LAN (Postfix: smtpd).
+//! - [`spool`]: the durable queue on disk.
+//! - [`queue`]: the scheduler: retries, expiry, DSN triggers (Postfix: qmgr).
+//! - [`deliver`]: one outbound SMTP transaction (Postfix: smtp).
+//! - [`dns`]: MX and address lookups.
+//! - [`tls`]: rustls configurations for the inbound server and outbound client.
+//! - [`policy`]: what transport a recipient gets, decided in one place.
+//! - [`bounce`]: delivery status notifications (Postfix: bounce).
+//! - [`control`]: the admin control socket and its protocol.
+//! - [`system`]: systemd notification, privileges.
+
+pub mod bounce;
+pub mod config;
+pub mod control;
+pub mod deliver;
+pub mod dns;
+pub mod policy;
+pub mod queue;
+pub mod smtp;
+pub mod spool;
+pub mod system;
+pub mod tls;

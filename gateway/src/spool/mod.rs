@@ -1,0 +1,368 @@
+//! The durable queue on disk.
+//!
+//! Layout under `<spool.dir>/queue/`:
+//! - `tmp/`: files being written; anything here after a crash was never acknowledged.
+//! - `msg/<ID>`: the message content, raw bytes as they will be sent.
+//! - `env/<ID>`: the envelope and per-recipient state ([`record::Envelope`], postcard).
+//! - `corrupt/`: records that could not be read back, kept for a person to look at.
+//!
+//! Durability protocol (design.md "Durability"): content is written to `tmp/`,
+//! fsynced, renamed into `msg/`, and `msg/` is fsynced; then the envelope goes the
+//! same way into `env/`. The envelope's rename is the commit point: the SMTP 250 is
+//! sent only after it is durable. Hence on recovery an envelope always has its
+//! content, and content without an envelope was never acknowledged and is removed.
+//! Removal deletes the envelope first for the same reason.
+//!
+//! All functions here do blocking file I/O; async callers use `spawn_blocking`.
+
+pub mod record;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use record::{Envelope, QueueId, RECORD_VERSION};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// Too little space left to accept more mail safely (answer 452).
+    #[error("the spool disk is nearly full ({free} bytes free, {needed} needed)")]
+    DiskFull { free: u64, needed: u64 },
+    #[error("spool I/O error: {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("spool record {path} is unreadable: {message}")]
+    Corrupt { path: PathBuf, message: String },
+}
+
+impl SpoolError {
+    /// True when the failure is for lack of space (ENOSPC, EDQUOT, or our own margin).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            SpoolError::DiskFull { .. } => true,
+            SpoolError::Io { source, .. } => matches!(
+                source.raw_os_error(),
+                Some(code) if code == nix::libc::ENOSPC || code == nix::libc::EDQUOT
+            ),
+            SpoolError::Corrupt { .. } => false,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, SpoolError>;
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SpoolError + use<> {
+    let path = path.to_owned();
+    move |source| SpoolError::Io { op, path, source }
+}
+
+/// What recovery found in the spool at start-up.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    pub envelopes: Vec<Envelope>,
+    /// Content files without an envelope (never acknowledged), removed.
+    pub orphans_removed: usize,
+    /// Half-written temporary files, removed.
+    pub temp_removed: usize,
+    /// Records moved to `corrupt/` because they could not be read.
+    pub quarantined: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Spool {
+    root: PathBuf,
+    min_free_bytes: u64,
+}
+
+impl Spool {
+    /// Open (creating if needed) the spool under `data_dir`.
+    pub fn open(data_dir: &Path, min_free_bytes: u64) -> Result<Spool> {
+        let root = data_dir.join("queue");
+        for sub in ["tmp", "msg", "env", "corrupt"] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).map_err(io_err("create directory", &p))?;
+        }
+        Ok(Spool {
+            root,
+            min_free_bytes,
+        })
+    }
+
+    fn dir(&self, sub: &str) -> PathBuf {
+        self.root.join(sub)
+    }
+
+    fn msg_path(&self, id: &QueueId) -> PathBuf {
+        self.root.join("msg").join(id.as_str())
+    }
+
+    fn env_path(&self, id: &QueueId) -> PathBuf {
+        self.root.join("env").join(id.as_str())
+    }
+
+    /// Bytes available to us on the spool's file system.
+    pub fn free_bytes(&self) -> Result<u64> {
+        let st = nix::sys::statvfs::statvfs(&self.root).map_err(|e| SpoolError::Io {
+            op: "statvfs",
+            path: self.root.clone(),
+            source: io::Error::from_raw_os_error(e as i32),
+        })?;
+        Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+    }
+
+    /// Whether a message of `size` bytes can be accepted while keeping the safety
+    /// margin (room for state updates and DSNs). Checked before MAIL is accepted
+    /// and again before storing.
+    pub fn check_room(&self, size: u64) -> Result<()> {
+        let free = self.free_bytes()?;
+        let needed = self.min_free_bytes.saturating_add(size);
+        if free < needed {
+            return Err(SpoolError::DiskFull { free, needed });
+        }
+        Ok(())
+    }
+
+    /// Durably store a new message. When this returns Ok, the message survives a
+    /// crash or power loss; only then may the client be told 250.
+    pub fn store(&self, env: &Envelope, content: &[u8]) -> Result<()> {
+        self.check_room(content.len() as u64)?;
+        let id = &env.id;
+        let msg = self.msg_path(id);
+        let res = self
+            .write_durably(&format!("{id}.msg"), content, &msg)
+            .and_then(|_| self.write_envelope(env));
+        if let Err(e) = res {
+            // Nothing was acknowledged: leave no half-stored message behind.
+            let _ = fs::remove_file(self.env_path(id));
+            let _ = fs::remove_file(&msg);
+            let _ = fs::remove_file(self.dir("tmp").join(format!("{id}.msg")));
+            let _ = fs::remove_file(self.dir("tmp").join(format!("{id}.env")));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Durably replace the envelope (state changes after a delivery attempt).
+    pub fn update(&self, env: &Envelope) -> Result<()> {
+        self.write_envelope(env)
+    }
+
+    fn write_envelope(&self, env: &Envelope) -> Result<()> {
+        let bytes = postcard::to_stdvec(env).map_err(|e| SpoolError::Corrupt {
+            path: self.env_path(&env.id),
+            message: format!("cannot encode: {e}"),
+        })?;
+        self.write_durably(&format!("{}.env", env.id), &bytes, &self.env_path(&env.id))
+    }
+
+    /// tmp file -> write -> fsync -> rename -> fsync the target directory.
+    fn write_durably(&self, tmp_name: &str, bytes: &[u8], target: &Path) -> Result<()> {
+        let tmp = self.dir("tmp").join(tmp_name);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(io_err("create", &tmp))?;
+        f.write_all(bytes).map_err(io_err("write", &tmp))?;
+        f.sync_all().map_err(io_err("fsync", &tmp))?;
+        drop(f);
+        fs::rename(&tmp, target).map_err(io_err("rename", target))?;
+        let dir = target.parent().unwrap_or(Path::new("."));
+        sync_dir(dir)
+    }
+
+    /// Read a message's content.
+    pub fn content(&self, id: &QueueId) -> Result<Vec<u8>> {
+        let p = self.msg_path(id);
+        fs::read(&p).map_err(io_err("read", &p))
+    }
+
+    /// Remove a message (delivered, bounced or deleted by the admin).
+    pub fn remove(&self, id: &QueueId) -> Result<()> {
+        // Envelope first: a crash in between leaves only an unacknowledged-looking
+        // content file, which recovery removes.
+        let env = self.env_path(id);
+        match fs::remove_file(&env) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &env)(e)),
+        }
+        sync_dir(&self.dir("env"))?;
+        let msg = self.msg_path(id);
+        match fs::remove_file(&msg) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove", &msg)(e)),
+        }
+    }
+
+    /// Read back everything a previous run left, whatever state a crash left it in.
+    pub fn recover(&self) -> Result<Recovery> {
+        let mut out = Recovery::default();
+        // 1. Temporary files were never renamed into place: never acknowledged.
+        for entry in read_dir(&self.dir("tmp"))? {
+            let _ = fs::remove_file(&entry);
+            out.temp_removed += 1;
+        }
+        // 2. Envelopes are the commit records.
+        let mut with_env = std::collections::HashSet::new();
+        for path in read_dir(&self.dir("env"))? {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let parsed = QueueId::parse(name)
+                .ok_or_else(|| "file name is not a queue id".to_string())
+                .and_then(|id| {
+                    let bytes = fs::read(&path).map_err(|e| e.to_string())?;
+                    let env: Envelope =
+                        postcard::from_bytes(&bytes).map_err(|e| format!("decode: {e}"))?;
+                    if env.record_version != RECORD_VERSION {
+                        return Err(format!("record version {}", env.record_version));
+                    }
+                    if env.id != id {
+                        return Err("envelope id differs from file name".into());
+                    }
+                    if !self.msg_path(&id).exists() {
+                        return Err("content file missing".into());
+                    }
+                    Ok(env)
+                });
+            match parsed {
+                Ok(env) => {
+                    with_env.insert(env.id.clone());
+                    out.envelopes.push(env);
+                }
+                Err(message) => {
+                    tracing::error!(path = %path.display(), %message, "spool record unreadable, moved to corrupt/");
+                    out.quarantined.push(self.quarantine(&path)?);
+                }
+            }
+        }
+        // 3. Content without an envelope: the 250 was never sent.
+        for path in read_dir(&self.dir("msg"))? {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            match QueueId::parse(name) {
+                Some(id) if with_env.contains(&id) => {}
+                _ => {
+                    let _ = fs::remove_file(&path);
+                    out.orphans_removed += 1;
+                }
+            }
+        }
+        out.envelopes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    fn quarantine(&self, path: &Path) -> Result<PathBuf> {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let dest = self
+            .dir("corrupt")
+            .join(format!("{}.{}", name, record::now_secs()));
+        fs::rename(path, &dest).map_err(io_err("quarantine", path))?;
+        // Keep its content next to it, if any, so nothing is lost.
+        if let Some(id) = QueueId::parse(&name) {
+            let msg = self.msg_path(&id);
+            if msg.exists() {
+                let _ = fs::rename(&msg, dest.with_extension("msg"));
+            }
+        }
+        Ok(dest)
+    }
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v = Vec::new();
+    for e in fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let e = e.map_err(io_err("list", dir))?;
+        v.push(e.path());
+    }
+    Ok(v)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync directory", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::record::*;
+    use super::*;
+
+    fn envelope(n: usize) -> Envelope {
+        Envelope {
+            record_version: RECORD_VERSION,
+            id: QueueId::generate(),
+            received_at: now_secs(),
+            sender: "a@lan.example".into(),
+            ret: None,
+            envid: None,
+            body: BodyType::SevenBit,
+            smtputf8: false,
+            requiretls: false,
+            size: 10,
+            class: "normal".into(),
+            client: ClientInfo::default(),
+            message_id: None,
+            recipients: (0..n)
+                .map(|i| Recipient::new(format!("r{i}@x.example"), None, None, 0))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn store_recover_update_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 0).unwrap();
+        let mut e = envelope(2);
+        spool.store(&e, b"Subject: x\r\n\r\nhi\r\n").unwrap();
+        e.recipients[0].state = RcptState::Delivered;
+        spool.update(&e).unwrap();
+        let rec = Spool::open(dir.path(), 0).unwrap().recover().unwrap();
+        assert_eq!(rec.envelopes, vec![e.clone()]);
+        assert_eq!(spool.content(&e.id).unwrap(), b"Subject: x\r\n\r\nhi\r\n");
+        spool.remove(&e.id).unwrap();
+        assert!(spool.recover().unwrap().envelopes.is_empty());
+    }
+
+    #[test]
+    fn recovery_cleans_whatever_a_crash_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 0).unwrap();
+        let good = envelope(1);
+        spool.store(&good, b"x").unwrap();
+        // Crash after the content rename, before the envelope: never acknowledged.
+        let orphan = QueueId::generate();
+        fs::write(dir.path().join("queue/msg").join(orphan.as_str()), b"y").unwrap();
+        // Crash mid-write of a temporary file.
+        fs::write(dir.path().join("queue/tmp/ABC.env"), b"half").unwrap();
+        // A damaged envelope: kept aside, never silently dropped.
+        let bad = QueueId::generate();
+        fs::write(dir.path().join("queue/env").join(bad.as_str()), b"\xff\xff").unwrap();
+        fs::write(dir.path().join("queue/msg").join(bad.as_str()), b"z").unwrap();
+
+        let rec = spool.recover().unwrap();
+        assert_eq!(rec.envelopes.len(), 1);
+        assert_eq!(rec.envelopes[0].id, good.id);
+        assert_eq!(rec.orphans_removed, 1);
+        assert_eq!(rec.temp_removed, 1);
+        assert_eq!(rec.quarantined.len(), 1);
+        let corrupt: Vec<_> = fs::read_dir(dir.path().join("queue/corrupt"))
+            .unwrap()
+            .collect();
+        assert_eq!(corrupt.len(), 2, "envelope and its content kept aside");
+        assert!(fs::read_dir(dir.path().join("queue/tmp")).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn refuses_when_margin_not_available() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), u64::MAX / 2).unwrap();
+        let err = spool.store(&envelope(1), b"x").unwrap_err();
+        assert!(err.is_disk_full());
+        assert!(spool.recover().unwrap().envelopes.is_empty());
+    }
+}

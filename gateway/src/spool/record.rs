@@ -1,0 +1,304 @@
+//! What the spool keeps about a message besides its content: the envelope and the
+//! per-recipient delivery state. Stored with postcard; `RECORD_VERSION` guards the
+//! format so a future firmware can read (or migrate) what an older one wrote.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Bumped whenever the layout of [`Envelope`] changes.
+pub const RECORD_VERSION: u16 = 1;
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A queue id: 16 upper-case hex digits, time-ordered (microseconds since the epoch,
+/// 52 bits) with 12 random bits, so ids sort by arrival and never collide in practice.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct QueueId(String);
+
+impl QueueId {
+    pub fn generate() -> QueueId {
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        let rnd: u64 = rand::random::<u64>() & 0xfff;
+        QueueId(format!("{:013X}{:03X}", micros & 0xF_FFFF_FFFF_FFFF, rnd))
+    }
+
+    /// Parse an id given by a person or read from a file name; only the id alphabet
+    /// is accepted, so an id can never name a path outside the spool.
+    pub fn parse(s: &str) -> Option<QueueId> {
+        let s = s.trim();
+        if s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Some(QueueId(s.to_ascii_uppercase()))
+        } else {
+            None
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for QueueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// RFC 3461 RET: how much of the original a failure DSN returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ret {
+    Full,
+    Headers,
+}
+
+/// RFC 3461 NOTIFY. `None` in [`Recipient::notify`] means "not given": the
+/// default of failure + delay notices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Notify {
+    pub never: bool,
+    pub success: bool,
+    pub failure: bool,
+    pub delay: bool,
+}
+
+impl Notify {
+    pub fn wants_success(n: Option<Notify>) -> bool {
+        n.is_some_and(|n| !n.never && n.success)
+    }
+    pub fn wants_failure(n: Option<Notify>) -> bool {
+        n.is_none_or(|n| !n.never && n.failure)
+    }
+    pub fn wants_delay(n: Option<Notify>) -> bool {
+        n.is_none_or(|n| !n.never && n.delay)
+    }
+}
+
+/// The body type declared in MAIL FROM (RFC 6152 / RFC 3030).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum BodyType {
+    #[default]
+    SevenBit,
+    EightBitMime,
+    BinaryMime,
+}
+
+/// Where a message came from (for the Received header, logs and evidence).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ClientInfo {
+    pub addr: String,
+    pub helo: String,
+    /// e.g. "TLSv1.3 TLS13_AES_256_GCM_SHA384"; None = plaintext.
+    pub tls: Option<String>,
+    pub auth_user: Option<String>,
+}
+
+/// What one TLS handshake to a recipient server established. Recorded for every
+/// delivery and logged; the evidence log (later) builds on the same facts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsFacts {
+    /// "TLSv1.2" / "TLSv1.3".
+    pub version: String,
+    /// IANA-style suite name as rustls prints it, e.g. "TLS13_AES_256_GCM_SHA384".
+    pub cipher: String,
+    /// Key-exchange group, e.g. "X25519MLKEM768", "secp384r1".
+    pub group: Option<String>,
+    /// SHA-256 of the peer's end-entity certificate (DER), hex.
+    pub peer_cert_sha256: Option<String>,
+    /// SHA-256 of the peer's SubjectPublicKeyInfo (DER), hex.
+    pub peer_spki_sha256: Option<String>,
+    /// Whether the PKIX chain and the MX host name verified (the `trusted` level).
+    pub pkix_verified: bool,
+}
+
+/// What the transport to the recipient server achieved, in the stable vocabulary of
+/// standards.md section H.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TransportVerdict {
+    Plaintext,
+    Encrypted,
+    Trusted,
+}
+
+impl TransportVerdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportVerdict::Plaintext => "plaintext",
+            TransportVerdict::Encrypted => "encrypted",
+            TransportVerdict::Trusted => "trusted",
+        }
+    }
+}
+
+/// One delivery attempt that reached a server (or failed trying).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub at: u64,
+    /// MX host name and address used (empty when none was reached).
+    pub mx: String,
+    pub ip: String,
+    pub tls: Option<TlsFacts>,
+    pub verdict: Option<TransportVerdict>,
+    /// The server's reply to this recipient, or our own reason when no reply came.
+    pub reply: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RcptState {
+    /// Not yet delivered; retried at `next_attempt`.
+    Pending,
+    /// Accepted by the recipient's server.
+    Delivered,
+    /// Permanently failed (5xx, null MX, expired); a failure DSN is due.
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    /// The forward-path as given in RCPT TO, without angle brackets.
+    pub address: String,
+    /// RFC 3461 ORCPT, as "addr-type;address" (xtext decoded).
+    pub orcpt: Option<String>,
+    pub notify: Option<Notify>,
+    pub state: RcptState,
+    pub attempts: u32,
+    /// Unix seconds of the next attempt while pending.
+    pub next_attempt: u64,
+    /// The last attempt's details (server reply, TLS facts).
+    pub last: Option<Attempt>,
+    /// The enhanced status code of the final state or the last failure, e.g. "5.1.1".
+    pub status: Option<String>,
+    /// Whether the remote server accepted our DSN parameters (it now owns notices).
+    pub remote_dsn: bool,
+    /// A delay DSN was sent for this recipient.
+    pub delay_notified: bool,
+    /// The final state's DSN (failure or success) has been queued, or none was wanted.
+    pub final_notice_done: bool,
+}
+
+impl Recipient {
+    pub fn new(address: String, orcpt: Option<String>, notify: Option<Notify>, now: u64) -> Self {
+        Recipient {
+            address,
+            orcpt,
+            notify,
+            state: RcptState::Pending,
+            attempts: 0,
+            next_attempt: now,
+            last: None,
+            status: None,
+            remote_dsn: false,
+            delay_notified: false,
+            final_notice_done: false,
+        }
+    }
+
+    /// The domain part of the address, lower-cased (the delivery destination).
+    pub fn domain(&self) -> String {
+        domain_of(&self.address)
+    }
+}
+
+/// The domain part of an address (after the last '@'), lower-cased.
+pub fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub record_version: u16,
+    pub id: QueueId,
+    /// Unix seconds when the message was accepted.
+    pub received_at: u64,
+    /// Reverse-path without angle brackets; empty for the null sender (bounces).
+    pub sender: String,
+    pub ret: Option<Ret>,
+    pub envid: Option<String>,
+    pub body: BodyType,
+    pub smtputf8: bool,
+    pub requiretls: bool,
+    /// Size of the stored content in bytes.
+    pub size: u64,
+    /// Risk class (every message is "normal" until classes arrive).
+    pub class: String,
+    pub client: ClientInfo,
+    pub message_id: Option<String>,
+    pub recipients: Vec<Recipient>,
+}
+
+impl Envelope {
+    /// True when every recipient reached a final state and its notice is done:
+    /// the message can leave the spool.
+    pub fn is_finished(&self) -> bool {
+        self.recipients
+            .iter()
+            .all(|r| r.state != RcptState::Pending && r.final_notice_done)
+    }
+
+    /// The earliest next attempt among pending recipients.
+    pub fn next_due(&self) -> Option<u64> {
+        self.recipients
+            .iter()
+            .filter(|r| r.state == RcptState::Pending)
+            .map(|r| r.next_attempt)
+            .min()
+    }
+
+    pub fn is_bounce(&self) -> bool {
+        self.sender.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_ids_are_ordered_and_parse_back() {
+        let a = QueueId::generate();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = QueueId::generate();
+        assert!(a < b);
+        assert_eq!(QueueId::parse(a.as_str()), Some(a.clone()));
+        assert_eq!(QueueId::parse(&a.as_str().to_lowercase()), Some(a));
+        assert_eq!(QueueId::parse("../../etc/passwd"), None);
+        assert_eq!(QueueId::parse("0123456789ABCDEG"), None);
+    }
+
+    #[test]
+    fn notify_defaults() {
+        assert!(Notify::wants_failure(None));
+        assert!(Notify::wants_delay(None));
+        assert!(!Notify::wants_success(None));
+        let never = Notify {
+            never: true,
+            ..Default::default()
+        };
+        assert!(!Notify::wants_failure(Some(never)));
+        let succ = Notify {
+            success: true,
+            ..Default::default()
+        };
+        assert!(Notify::wants_success(Some(succ)));
+        assert!(!Notify::wants_failure(Some(succ)));
+    }
+
+    #[test]
+    fn domain_is_after_last_at() {
+        assert_eq!(domain_of("a@B.Example."), "b.example");
+        assert_eq!(domain_of("\"x@y\"@example.org"), "example.org");
+        assert_eq!(domain_of("postmaster"), "");
+    }
+}
