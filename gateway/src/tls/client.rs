@@ -1,0 +1,1 @@
+//! Outbound TLS: client configurations per transport level and the facts of a session.

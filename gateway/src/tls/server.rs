@@ -1,0 +1,1 @@
+//! Inbound STARTTLS: the server certificate (configured or generated on first start).
