@@ -1,1 +1,38 @@
-pub fn placeholder() {}
+//! Harness for qrelay's system tests: real, independent peers on loopback.
+//!
+//! - [`Infra::get`] starts (or reuses) Knot DNS on 127.0.10.54:53, the receiving
+//!   Postfix MX instances on 127.0.20.1-4:25 and the LAN's sending Postfix on
+//!   127.0.30.1:25, plus a test CA. See `infra.rs` for the zones and addresses.
+//! - [`Relay::start`] runs the `qrelay` daemon with a test config.
+//! - [`smtp`] is a small SMTP client; [`relay::swaks`] drives swaks.
+//! - [`Mailbox`] reads what a Postfix MX delivered.
+
+pub mod infra;
+pub mod mailbox;
+pub mod relay;
+pub mod smtp;
+
+pub use infra::{Infra, Mx};
+pub use mailbox::{Mailbox, Message};
+pub use relay::{swaks, token, Relay};
+pub use smtp::{build_message, send_mail, SmtpClient};
+
+use std::time::{Duration, Instant};
+
+/// Poll `f` every 200 ms until it returns `Some`, or fail after `timeout`.
+pub fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,801 @@
+//! The long-lived peers the system tests talk to: a test CA, Knot DNS serving the
+//! test zones, several Postfix instances as receiving MX and one Postfix as the
+//! LAN's sending mail server.
+//!
+//! Everything lives under one state directory (default `/tmp/qrelay-test-infra`,
+//! override with `QRELAY_TEST_INFRA`). [`Infra::get`] starts what is missing and
+//! reuses what runs; it holds a file lock while doing so, so parallel test threads
+//! and test processes share one set of peers. `tests/infra-down` (run by
+//! `scripts/test` at the end) stops them.
+
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::mailbox::Mailbox;
+
+/// Where Knot listens; every relay under test uses it as its only resolver.
+pub const DNS_ADDR: &str = "127.0.10.54:53";
+/// An address where nothing listens (the "down" preferred MX).
+pub const DOWN_ADDR: &str = "127.0.20.9";
+/// The Postfix that plays the LAN's own mail server.
+pub const LAN_MTA_ADDR: &str = "127.0.30.1:25";
+/// The relay the LAN Postfix hands all mail to (its relayhost). Only one test at a
+/// time may run a relay there: [`Infra::lan_relay_lock`].
+pub const LAN_RELAY_ADDR: &str = "127.0.30.25:2525";
+
+/// Bump when anything generated below changes: a running infrastructure with
+/// another generation is torn down and rebuilt.
+const GENERATION: &str = "qrelay-test-infra v1";
+
+/// Domains every receiving MX accepts mail for.
+pub const MAIL_DOMAINS: &[&str] = &[
+    "ca.example.test",
+    "self.example.test",
+    "plain.example.test",
+    "backup.example.test",
+    "implicit.example.test",
+    "noaddr.example.test",
+    "nullmx.example.test",
+    "lan.test",
+];
+
+/// One receiving MX (a Postfix instance).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mx {
+    /// mx-ca.example.test, 127.0.20.1: STARTTLS with a certificate from the test CA
+    /// (names mx-ca.example.test and implicit.example.test).
+    Ca,
+    /// mx-self.example.test, 127.0.20.2: STARTTLS with a self-signed certificate.
+    SelfSigned,
+    /// mx-plain.example.test, 127.0.20.3: no STARTTLS at all.
+    Plain,
+    /// mx.lan.test, 127.0.20.4: the MX of the LAN's own domain `lan.test`, where
+    /// DSNs to LAN senders arrive. STARTTLS with a certificate from the test CA.
+    Lan,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TlsMode {
+    CaSigned,
+    SelfSigned,
+    None,
+}
+
+impl Mx {
+    pub const ALL: [Mx; 4] = [Mx::Ca, Mx::SelfSigned, Mx::Plain, Mx::Lan];
+
+    /// Instance name (directory under `<state>/postfix/`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Mx::Ca => "mx-ca",
+            Mx::SelfSigned => "mx-self",
+            Mx::Plain => "mx-plain",
+            Mx::Lan => "mx-lan",
+        }
+    }
+
+    pub fn hostname(self) -> &'static str {
+        match self {
+            Mx::Ca => "mx-ca.example.test",
+            Mx::SelfSigned => "mx-self.example.test",
+            Mx::Plain => "mx-plain.example.test",
+            Mx::Lan => "mx.lan.test",
+        }
+    }
+
+    pub fn ip(self) -> Ipv4Addr {
+        match self {
+            Mx::Ca => Ipv4Addr::new(127, 0, 20, 1),
+            Mx::SelfSigned => Ipv4Addr::new(127, 0, 20, 2),
+            Mx::Plain => Ipv4Addr::new(127, 0, 20, 3),
+            Mx::Lan => Ipv4Addr::new(127, 0, 20, 4),
+        }
+    }
+
+    pub fn addr(self) -> SocketAddr {
+        SocketAddr::new(self.ip().into(), 25)
+    }
+
+    fn tls(self) -> TlsMode {
+        match self {
+            Mx::Ca | Mx::Lan => TlsMode::CaSigned,
+            Mx::SelfSigned => TlsMode::SelfSigned,
+            Mx::Plain => TlsMode::None,
+        }
+    }
+
+    /// DNS names in this MX's certificate.
+    fn cert_names(self) -> &'static [&'static str] {
+        match self {
+            Mx::Ca => &["mx-ca.example.test", "implicit.example.test"],
+            Mx::SelfSigned => &["mx-self.example.test"],
+            Mx::Plain => &[],
+            Mx::Lan => &["mx.lan.test"],
+        }
+    }
+}
+
+/// The running infrastructure (one per test process, shared by all of them).
+#[derive(Debug)]
+pub struct Infra {
+    pub state_dir: PathBuf,
+    /// PEM file with the test CA certificate (give to the relay as `tls.ca_file`).
+    pub ca_file: PathBuf,
+}
+
+static INFRA: OnceLock<Infra> = OnceLock::new();
+
+/// The state directory shared by all test processes.
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("QRELAY_TEST_INFRA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/qrelay-test-infra"))
+}
+
+/// A held exclusive lock on a file (released on drop).
+pub struct FileLock {
+    file: File,
+}
+
+impl FileLock {
+    pub fn acquire(path: &Path) -> Result<FileLock> {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("open lock {}", path.display()))?;
+        file.lock()
+            .with_context(|| format!("lock {}", path.display()))?;
+        Ok(FileLock { file })
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
+    }
+}
+
+impl Infra {
+    /// Start (or reuse) the whole infrastructure. Panics with a readable message if
+    /// it cannot be brought up: no test can do anything useful without it.
+    pub fn get() -> &'static Infra {
+        INFRA.get_or_init(|| match Infra::ensure() {
+            Ok(i) => i,
+            Err(e) => panic!("test infrastructure failed to start: {e:#}"),
+        })
+    }
+
+    fn ensure() -> Result<Infra> {
+        let state = state_dir();
+        fs::create_dir_all(&state)?;
+        let _lock = FileLock::acquire(&state.join("infra.lock"))?;
+        let infra = Infra {
+            ca_file: state.join("certs/ca.pem"),
+            state_dir: state.clone(),
+        };
+        let gen_file = state.join("generation");
+        let current = fs::read_to_string(&gen_file).unwrap_or_default();
+        if current == GENERATION && infra.healthy() {
+            return Ok(infra);
+        }
+        // Stop whatever half-state is there and build everything fresh.
+        infra.teardown()?;
+        for sub in ["certs", "knot", "postfix"] {
+            let p = state.join(sub);
+            if p.exists() {
+                fs::remove_dir_all(&p).with_context(|| format!("remove {}", p.display()))?;
+            }
+        }
+        let _ = fs::remove_file(&gen_file);
+        ensure_default_postfix_config()?;
+        infra.make_certs().context("test certificates")?;
+        infra.start_knot().context("Knot DNS")?;
+        for mx in Mx::ALL {
+            infra
+                .start_postfix(&PostfixInstance::mx(mx))
+                .with_context(|| format!("Postfix {}", mx.name()))?;
+        }
+        infra
+            .start_postfix(&PostfixInstance::lan_mta())
+            .context("Postfix LAN mail server")?;
+        infra.wait_healthy(Duration::from_secs(30))?;
+        fs::write(&gen_file, GENERATION)?;
+        Ok(infra)
+    }
+
+    /// Stop every daemon of the infrastructure (uses `tests/infra-down`).
+    pub fn teardown(&self) -> Result<()> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("infra-down");
+        let st = Command::new("bash")
+            .arg(&script)
+            .env("QRELAY_TEST_INFRA", &self.state_dir)
+            .stdin(Stdio::null())
+            .status()
+            .with_context(|| format!("run {}", script.display()))?;
+        if !st.success() {
+            bail!("{} failed: {st}", script.display());
+        }
+        Ok(())
+    }
+
+    fn healthy(&self) -> bool {
+        self.check_health().is_ok()
+    }
+
+    fn check_health(&self) -> Result<()> {
+        let answer = kdig("MX", "ca.example.test")?;
+        if !answer.contains("mx-ca.example.test.") {
+            bail!("Knot answers MX ca.example.test with {answer:?}");
+        }
+        let mut addrs: Vec<SocketAddr> = Mx::ALL.iter().map(|m| m.addr()).collect();
+        addrs.push(LAN_MTA_ADDR.parse()?);
+        for a in addrs {
+            TcpStream::connect_timeout(&a, Duration::from_secs(2))
+                .with_context(|| format!("connect to Postfix at {a}"))?;
+        }
+        Ok(())
+    }
+
+    fn wait_healthy(&self, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            match self.check_health() {
+                Ok(()) => return Ok(()),
+                Err(e) if start.elapsed() > timeout => {
+                    return Err(e.context("infrastructure did not come up"))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    /// The Maildir that receives every message delivered to `mx`.
+    pub fn mailbox(&self, mx: Mx) -> Mailbox {
+        Mailbox::new(self.postfix_dir(mx.name()).join("mail/mail"))
+    }
+
+    /// The last `lines` lines of a Postfix instance's log (for failure messages).
+    pub fn maillog_tail(&self, instance: &str, lines: usize) -> String {
+        tail_file(&self.postfix_dir(instance).join("maillog"), lines)
+    }
+
+    /// The log of the LAN Postfix.
+    pub fn lan_mta_log_tail(&self, lines: usize) -> String {
+        self.maillog_tail("lan-mta", lines)
+    }
+
+    /// Serialises the tests that run a relay on [`LAN_RELAY_ADDR`].
+    pub fn lan_relay_lock(&self) -> Result<FileLock> {
+        FileLock::acquire(&self.state_dir.join("lan-relay.lock"))
+    }
+
+    fn postfix_dir(&self, name: &str) -> PathBuf {
+        self.state_dir.join("postfix").join(name)
+    }
+
+    fn certs_dir(&self) -> PathBuf {
+        self.state_dir.join("certs")
+    }
+
+    // ---------------------------------------------------------------- certificates
+
+    fn make_certs(&self) -> Result<()> {
+        let dir = self.certs_dir();
+        fs::create_dir_all(&dir)?;
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+        fs::write(
+            dir.join("ca.cnf"),
+            "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = qrelay test CA\n\
+             [v3_ca]\nbasicConstraints = critical,CA:TRUE\n\
+             keyUsage = critical,keyCertSign,cRLSign\nsubjectKeyIdentifier = hash\n",
+        )?;
+        run_in(
+            &dir,
+            "openssl",
+            &[
+                &["req", "-x509", "-new", "-nodes", "-config", "ca.cnf"][..],
+                &["-extensions", "v3_ca", "-days", "3650"],
+                &ec,
+                &["-keyout", "ca.key", "-out", "ca.pem"],
+            ]
+            .concat(),
+        )?;
+        for mx in Mx::ALL {
+            let name = mx.name();
+            let sans: Vec<String> = mx.cert_names().iter().map(|n| format!("DNS:{n}")).collect();
+            let cnf = format!(
+                "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = {cn}\n\
+                 [leaf]\nbasicConstraints = critical,CA:FALSE\n\
+                 keyUsage = critical,digitalSignature\nextendedKeyUsage = serverAuth\n\
+                 subjectAltName = {sans}\n",
+                cn = mx.hostname(),
+                sans = sans.join(","),
+            );
+            let cnf_file = format!("{name}.cnf");
+            let key = format!("{name}.key");
+            let crt = format!("{name}.pem");
+            match mx.tls() {
+                TlsMode::None => continue,
+                TlsMode::SelfSigned => {
+                    fs::write(dir.join(&cnf_file), cnf)?;
+                    run_in(
+                        &dir,
+                        "openssl",
+                        &[
+                            &["req", "-x509", "-new", "-nodes", "-config", &cnf_file][..],
+                            &["-extensions", "leaf", "-days", "825"],
+                            &ec,
+                            &["-keyout", &key, "-out", &crt],
+                        ]
+                        .concat(),
+                    )?;
+                    fs::copy(dir.join(&crt), dir.join(format!("{name}-chain.pem")))?;
+                }
+                TlsMode::CaSigned => {
+                    fs::write(dir.join(&cnf_file), cnf)?;
+                    let csr = format!("{name}.csr");
+                    run_in(
+                        &dir,
+                        "openssl",
+                        &[
+                            &["req", "-new", "-nodes", "-config", &cnf_file][..],
+                            &ec,
+                            &["-keyout", &key, "-out", &csr],
+                        ]
+                        .concat(),
+                    )?;
+                    run_in(
+                        &dir,
+                        "openssl",
+                        &[
+                            "x509",
+                            "-req",
+                            "-in",
+                            &csr,
+                            "-CA",
+                            "ca.pem",
+                            "-CAkey",
+                            "ca.key",
+                            "-CAcreateserial",
+                            "-days",
+                            "825",
+                            "-extfile",
+                            &cnf_file,
+                            "-extensions",
+                            "leaf",
+                            "-out",
+                            &crt,
+                        ],
+                    )?;
+                    let chain = fs::read_to_string(dir.join(&crt))?
+                        + &fs::read_to_string(dir.join("ca.pem"))?;
+                    fs::write(dir.join(format!("{name}-chain.pem")), chain)?;
+                }
+            }
+            fs::set_permissions(dir.join(&key), fs::Permissions::from_mode(0o644))?;
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------------ Knot
+
+    fn start_knot(&self) -> Result<()> {
+        let dir = self.state_dir.join("knot");
+        let zones = dir.join("zones");
+        let run = dir.join("run");
+        let storage = dir.join("storage");
+        for d in [&zones, &run, &storage] {
+            fs::create_dir_all(d)?;
+        }
+        let zone_list = test_zones();
+        let mut conf = String::new();
+        let (ip, port) = DNS_ADDR.split_once(':').expect("ip:port");
+        writeln!(conf, "server:")?;
+        writeln!(conf, "    rundir: \"{}\"", run.display())?;
+        writeln!(conf, "    pidfile: \"{}\"", run.join("knot.pid").display())?;
+        writeln!(conf, "    listen: {ip}@{port}")?;
+        writeln!(
+            conf,
+            "log:\n  - target: \"{}\"\n    any: info",
+            dir.join("knot.log").display()
+        )?;
+        writeln!(conf, "database:\n    storage: \"{}\"", storage.display())?;
+        writeln!(
+            conf,
+            "control:\n    listen: \"{}\"",
+            run.join("knot.sock").display()
+        )?;
+        writeln!(conf, "template:\n  - id: default")?;
+        writeln!(conf, "    storage: \"{}\"", zones.display())?;
+        writeln!(conf, "    file: \"%s.zone\"")?;
+        writeln!(conf, "    zonefile-sync: -1")?;
+        writeln!(conf, "    zonefile-load: whole")?;
+        writeln!(conf, "    journal-content: none")?;
+        writeln!(conf, "zone:")?;
+        for z in &zone_list {
+            writeln!(conf, "  - domain: {}", z.origin)?;
+            fs::write(zones.join(format!("{}.zone", z.origin)), z.render())?;
+        }
+        let conf_file = dir.join("knot.conf");
+        fs::write(&conf_file, conf)?;
+        run_in(&dir, "knotc", &["-c", path_str(&conf_file)?, "conf-check"])?;
+        let log = File::create(dir.join("knotd.out"))?;
+        let st = Command::new("knotd")
+            .args(["-c", path_str(&conf_file)?, "-d"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .status()
+            .context("run knotd")?;
+        if !st.success() {
+            bail!(
+                "knotd -d failed ({st}): {}",
+                tail_file(&dir.join("knotd.out"), 20)
+            );
+        }
+        let start = Instant::now();
+        loop {
+            match kdig("MX", "ca.example.test") {
+                Ok(a) if a.contains("mx-ca.example.test.") => return Ok(()),
+                r if start.elapsed() > Duration::from_secs(15) => bail!(
+                    "Knot does not answer ({r:?}); log:\n{}",
+                    tail_file(&dir.join("knot.log"), 30)
+                ),
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    // --------------------------------------------------------------------- Postfix
+
+    fn start_postfix(&self, inst: &PostfixInstance) -> Result<()> {
+        let dir = self.postfix_dir(&inst.name);
+        let etc = dir.join("etc");
+        let queue = dir.join("queue");
+        let data = dir.join("data");
+        let mail = dir.join("mail");
+        for d in [&etc, &queue, &data, &mail] {
+            fs::create_dir_all(d)?;
+        }
+        let postfix_uid = user_id("postfix")?;
+        let nobody = user_id("nobody")?;
+        nix::unistd::chown(&data, Some(postfix_uid.0), Some(postfix_uid.1))?;
+        nix::unistd::chown(&mail, Some(nobody.0), Some(nobody.1))?;
+        // Postfix wants every parent of its queue to be root-owned and not
+        // group/world writable; the state dir is made by us with mode 0755.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
+        fs::set_permissions(&self.state_dir, fs::Permissions::from_mode(0o755))?;
+        fs::set_permissions(
+            dir.parent().expect("parent"),
+            fs::Permissions::from_mode(0o755),
+        )?;
+
+        let mut main = String::new();
+        let mut kv = |k: &str, v: &str| {
+            let _ = writeln!(main, "{k} = {v}");
+        };
+        kv("compatibility_level", "3.6");
+        kv("queue_directory", path_str(&queue)?);
+        kv("data_directory", path_str(&data)?);
+        kv("mail_owner", "postfix");
+        kv("setgid_group", "postdrop");
+        kv("myhostname", &inst.hostname);
+        kv("mydomain", "example.test");
+        kv("myorigin", "$myhostname");
+        kv("mydestination", "");
+        kv("inet_interfaces", "loopback-only");
+        kv("inet_protocols", "ipv4");
+        kv("mynetworks", "127.0.0.0/8");
+        kv("biff", "no");
+        kv("append_dot_mydomain", "no");
+        kv("smtputf8_enable", "yes");
+        kv("message_size_limit", "104857600");
+        kv("mailbox_size_limit", "0");
+        kv("virtual_mailbox_limit", "0");
+        kv("maillog_file", path_str(&dir.join("maillog"))?);
+        kv("maillog_file_prefixes", path_str(&dir)?);
+        kv("smtpd_tls_received_header", "yes");
+        kv("smtpd_tls_loglevel", "1");
+        kv(
+            "smtpd_banner",
+            "$myhostname ESMTP Postfix (qrelay test peer)",
+        );
+        kv("smtpd_helo_required", "no");
+        kv("anvil_rate_time_unit", "60s");
+        kv("smtpd_client_connection_count_limit", "1000");
+        kv("smtpd_client_connection_rate_limit", "0");
+        kv("default_process_limit", "100");
+        kv("alias_maps", "");
+        kv("alias_database", "");
+        kv("local_recipient_maps", "");
+        match &inst.role {
+            Role::Mx => {
+                kv("virtual_mailbox_domains", &MAIL_DOMAINS.join(" "));
+                kv("virtual_mailbox_base", path_str(&mail)?);
+                // Every address of every domain goes into one Maildir: mail/
+                kv("virtual_mailbox_maps", "static:mail/");
+                kv("virtual_uid_maps", &format!("static:{}", nobody.0));
+                kv("virtual_gid_maps", &format!("static:{}", nobody.1));
+                kv(
+                    "smtpd_recipient_restrictions",
+                    "check_recipient_access inline:{ {reject550@=550 5.1.1 no such user}, \
+                     {defer450@=450 4.2.0 try later} }, permit_mynetworks, \
+                     reject_unauth_destination",
+                );
+                // A test MX never sends mail anywhere (its own bounces included).
+                kv("default_transport", "error:test MX sends no mail");
+                kv("relay_transport", "error:test MX sends no mail");
+                kv("notify_classes", "");
+            }
+            Role::LanMta { relayhost } => {
+                kv("relayhost", relayhost);
+                kv("smtp_tls_security_level", "may");
+                kv("smtp_tls_loglevel", "1");
+                kv("queue_run_delay", "1s");
+                kv("minimal_backoff_time", "1s");
+                kv("maximal_backoff_time", "2s");
+                kv("smtp_connect_timeout", "5s");
+                kv("smtpd_recipient_restrictions", "permit_mynetworks, reject");
+            }
+        }
+        match inst.tls {
+            TlsMode::None => kv("smtpd_tls_security_level", "none"),
+            _ => {
+                let certs = self.certs_dir();
+                kv("smtpd_tls_security_level", "may");
+                kv(
+                    "smtpd_tls_cert_file",
+                    path_str(&certs.join(format!("{}-chain.pem", inst.name)))?,
+                );
+                kv(
+                    "smtpd_tls_key_file",
+                    path_str(&certs.join(format!("{}.key", inst.name)))?,
+                );
+            }
+        }
+        fs::write(etc.join("main.cf"), main)?;
+        fs::write(etc.join("master.cf"), master_cf(&inst.listen))?;
+
+        let out = dir.join("postfix.out");
+        let log = File::create(&out)?;
+        let st = Command::new("postfix")
+            .args(["-c", path_str(&etc)?, "start"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .status()
+            .context("run postfix start")?;
+        if !st.success() {
+            bail!(
+                "postfix -c {} start failed ({st}):\n{}\n{}",
+                etc.display(),
+                tail_file(&out, 20),
+                tail_file(&dir.join("maillog"), 20)
+            );
+        }
+        Ok(())
+    }
+}
+
+enum Role {
+    Mx,
+    LanMta { relayhost: String },
+}
+
+struct PostfixInstance {
+    name: String,
+    hostname: String,
+    listen: String,
+    tls: TlsMode,
+    role: Role,
+}
+
+impl PostfixInstance {
+    fn mx(mx: Mx) -> PostfixInstance {
+        PostfixInstance {
+            name: mx.name().into(),
+            hostname: mx.hostname().into(),
+            listen: mx.addr().to_string(),
+            tls: mx.tls(),
+            role: Role::Mx,
+        }
+    }
+
+    fn lan_mta() -> PostfixInstance {
+        PostfixInstance {
+            name: "lan-mta".into(),
+            hostname: "mail.lan.test".into(),
+            listen: LAN_MTA_ADDR.into(),
+            tls: TlsMode::None,
+            role: Role::LanMta {
+                relayhost: {
+                    let a: SocketAddr = LAN_RELAY_ADDR.parse().expect("literal");
+                    format!("[{}]:{}", a.ip(), a.port())
+                },
+            },
+        }
+    }
+}
+
+fn master_cf(listen: &str) -> String {
+    let services = [
+        format!("{listen} inet n - n - - smtpd"),
+        "pickup unix n - n 60 1 pickup".into(),
+        "cleanup unix n - n - 0 cleanup".into(),
+        "qmgr unix n - n 300 1 qmgr".into(),
+        "tlsmgr unix - - n 1000? 1 tlsmgr".into(),
+        "rewrite unix - - n - - trivial-rewrite".into(),
+        "bounce unix - - n - 0 bounce".into(),
+        "defer unix - - n - 0 bounce".into(),
+        "trace unix - - n - 0 bounce".into(),
+        "verify unix - - n - 1 verify".into(),
+        "flush unix n - n 1000? 0 flush".into(),
+        "proxymap unix - - n - - proxymap".into(),
+        "proxywrite unix - - n - 1 proxymap".into(),
+        "smtp unix - - n - - smtp".into(),
+        "relay unix - - n - - smtp".into(),
+        "showq unix n - n - - showq".into(),
+        "error unix - - n - - error".into(),
+        "retry unix - - n - - error".into(),
+        "discard unix - - n - - discard".into(),
+        "local unix - n n - - local".into(),
+        "virtual unix - n n - - virtual".into(),
+        "lmtp unix - - n - - lmtp".into(),
+        "anvil unix - - n - 1 anvil".into(),
+        "scache unix - - n - 1 scache".into(),
+        "postlog unix-dgram n - n - 1 postlogd".into(),
+    ];
+    services.join("\n") + "\n"
+}
+
+/// `postfix` commands read /etc/postfix/main.cf first; a Debian install with "No
+/// configuration" has none. Write a minimal one if it is missing (the stock
+/// instance itself is never started).
+fn ensure_default_postfix_config() -> Result<()> {
+    let p = Path::new("/etc/postfix/main.cf");
+    if !p.exists() {
+        fs::write(p, "compatibility_level = 3.6\nmaillog_file = /dev/stdout\n")
+            .context("write /etc/postfix/main.cf")?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------- zones
+
+/// A DNS zone served by Knot; add records here when a test needs them.
+pub struct Zone {
+    pub origin: &'static str,
+    pub records: Vec<String>,
+}
+
+impl Zone {
+    fn render(&self) -> String {
+        let mut s = format!(
+            "$ORIGIN {o}.\n$TTL 60\n@ SOA ns.{o}. hostmaster.{o}. 1 3600 600 86400 60\n\
+             @ NS ns.{o}.\nns A 127.0.10.54\n",
+            o = self.origin
+        );
+        for r in &self.records {
+            s.push_str(r);
+            s.push('\n');
+        }
+        s
+    }
+}
+
+/// The test zones.
+pub fn test_zones() -> Vec<Zone> {
+    let example = [
+        "mx-ca A 127.0.20.1",
+        "mx-self A 127.0.20.2",
+        "mx-plain A 127.0.20.3",
+        &format!("mx-down A {DOWN_ADDR}"),
+        "ca MX 10 mx-ca",
+        "self MX 10 mx-self",
+        "plain MX 10 mx-plain",
+        // Preferred MX down (nothing listens there), backup works.
+        "backup MX 10 mx-down",
+        "backup MX 20 mx-ca",
+        // Null MX (RFC 7505).
+        "nullmx MX 0 .",
+        // Implicit MX: only an address record (RFC 5321 5.1).
+        "implicit A 127.0.20.1",
+        // The MX host has no address at all.
+        "noaddr MX 10 mx-noaddr",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let lan = ["@ MX 10 mx", "mx A 127.0.20.4", "mail A 127.0.30.1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    vec![
+        Zone {
+            origin: "example.test",
+            records: example,
+        },
+        Zone {
+            origin: "lan.test",
+            records: lan,
+        },
+    ]
+}
+
+// -------------------------------------------------------------------------- helpers
+
+/// Ask Knot directly: `kdig @127.0.10.54 +short TYPE NAME`.
+pub fn kdig(rtype: &str, name: &str) -> Result<String> {
+    let (ip, port) = DNS_ADDR.split_once(':').expect("ip:port");
+    let out = Command::new("kdig")
+        .args([
+            &format!("@{ip}"),
+            "-p",
+            port,
+            "+short",
+            "+time=1",
+            "+retry=0",
+            rtype,
+            name,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .context("run kdig")?;
+    if !out.status.success() {
+        bail!(
+            "kdig failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn run_in(dir: &Path, prog: &str, args: &[&str]) -> Result<()> {
+    let out = Command::new(prog)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run {prog}"))?;
+    if !out.status.success() {
+        bail!(
+            "{prog} {} failed ({}): {}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn path_str(p: &Path) -> Result<&str> {
+    p.to_str().context("non-UTF-8 path")
+}
+
+fn user_id(name: &str) -> Result<(nix::unistd::Uid, nix::unistd::Gid)> {
+    let u = nix::unistd::User::from_name(name)?.with_context(|| format!("no user {name}"))?;
+    Ok((u.uid, u.gid))
+}
+
+/// The last `lines` lines of a text file ("" if unreadable).
+pub fn tail_file(path: &Path, lines: usize) -> String {
+    let text = fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
