@@ -368,3 +368,76 @@ pub fn token(prefix: &str) -> String {
         rand::random::<u32>()
     )
 }
+
+/// The queue ID from a swaks transcript (`<-  250 2.0.0 Ok: queued as ID`).
+pub fn queued_id(transcript: &str) -> Option<String> {
+    transcript
+        .lines()
+        .rev()
+        .filter(|l| l.contains("queued as"))
+        .filter_map(|l| {
+            l.split("queued as")
+                .nth(1)?
+                .split_whitespace()
+                .next()
+                .map(|s| s.trim_matches(|c| c == '<' || c == '>').to_string())
+        })
+        .next()
+}
+
+impl Relay {
+    /// Send with swaks through this relay; returns the queue ID of the accepted message.
+    pub fn swaks(&self, from: &str, to: &str, subject: &str) -> Result<String> {
+        let t = swaks(self.listen, from, to, subject, &[])?;
+        queued_id(&t).with_context(|| format!("no queue ID in swaks transcript:\n{t}"))
+    }
+
+    /// `queue show ID` output (Err if the command fails).
+    pub fn queue_show(&self, id: &str) -> Result<String> {
+        self.cli_ok(&["queue", "show", id])
+    }
+
+    /// Wait until `queue list` shows message `id` and its reason (in `queue list` or
+    /// `queue show ID`) mentions one of `needles` (case-insensitive). Returns the
+    /// combined text.
+    pub fn wait_pending_with_reason(
+        &self,
+        id: &str,
+        needles: &[&str],
+        timeout: Duration,
+    ) -> Result<String> {
+        let start = Instant::now();
+        loop {
+            let list = self.queue_list().unwrap_or_else(|e| format!("{e:#}"));
+            let show = self.queue_show(id).unwrap_or_else(|e| format!("{e:#}"));
+            let both = format!("{list}\n{show}");
+            let lower = both.to_lowercase();
+            if list.contains(id) && needles.iter().any(|n| lower.contains(&n.to_lowercase())) {
+                return Ok(both);
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "message {id} never showed as pending with a reason containing one of \
+                     {needles:?} within {timeout:?}; last output:\n{both}\nrelay log:\n{}",
+                    self.log_tail(40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+/// A negative check: nothing containing `needle` shows up in `mailbox` during
+/// `window` (which must be long enough for a few retries of the relay).
+pub fn assert_never_arrives(mailbox: &crate::Mailbox, needle: &str, window: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < window {
+        let found = mailbox.containing(needle);
+        assert!(
+            found.is_empty(),
+            "message {needle} was delivered but must not be: {:?}",
+            found.first().map(|m| m.received())
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
