@@ -5,6 +5,9 @@
 //! STARTTLS at the required level, MAIL/RCPT/DATA, and reports per-recipient outcomes
 //! plus the TLS facts of the session.
 
+pub mod client;
+pub mod protocol;
+
 use std::sync::Arc;
 
 use crate::config::Level;

@@ -1,1 +1,683 @@
-//! (being written)
+//! DNS for outbound delivery: where does mail for a domain go?
+//!
+//! The rules (RFC 5321 section 5.1, RFC 7505, RFC 2181):
+//! - Look up the domain's MX records. Lower preference values are tried first; hosts of
+//!   equal preference are tried in *random* order so load spreads over them
+//!   (RFC 5321 5.1: "the sender-SMTP MUST randomize them").
+//! - No MX records but the domain has addresses (A/AAAA): the domain itself is the one
+//!   mail host, the "implicit MX" (RFC 5321 5.1).
+//! - A single MX whose exchange is the root "." is a "null MX" (RFC 7505): the domain
+//!   accepts no mail; fail at once with 5.1.10 instead of retrying for days.
+//! - NXDOMAIN: the domain does not exist, a permanent 5.1.2 "bad destination".
+//! - SERVFAIL, timeouts, refused queries: *temporary*. A DNS outage defers; it never
+//!   bounces and never downgrades (design.md, "Durability").
+//! - Each MX host's addresses are looked up with both A and AAAA; a host with no
+//!   address is skipped. Loopback and private addresses are *not* filtered: the test
+//!   environment runs every peer on 127.0.0.0/8.
+//! - An MX exchange must be a host name, not an IP address nor a CNAME (RFC 2181 10.3);
+//!   both occur in the wild. An IP literal is used as the address of that host (with a
+//!   warning); a CNAME is followed by the address lookup and recorded as the host's
+//!   canonical name, while the MX name stays the name the certificate is checked for.
+//!
+//! Every answer carries its [`Security`]: where it came from and whether DNSSEC vouches
+//! for it. Validation is off in this release (`ResolverOpts.validate = false`, stated
+//! explicitly below), so answers are [`Security::Unvalidated`]; the DNSSEC work turns
+//! it on and the same fields then say `Secure` / `Insecure` / `Bogus`, which
+//! `policy::decide` consumes (standards.md B1, D1-D3).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::dnssec::Proof;
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
+use hickory_resolver::TokioResolver;
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+use crate::config::DnsConfig;
+
+/// How far a DNS answer can be trusted (RFC 4035 section 4.3 vocabulary, plus
+/// `Unvalidated` for answers of a resolver that does not validate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Security {
+    /// DNSSEC validation was not performed (this release).
+    Unvalidated,
+    /// A chain of trust from the trust anchor vouches for the answer.
+    Secure,
+    /// The answer comes from an unsigned zone (provably so).
+    Insecure,
+    /// Validation failed: signatures wrong, expired or missing. Possibly an attack.
+    Bogus,
+    /// Validation could not be completed.
+    Indeterminate,
+}
+
+impl Security {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Security::Unvalidated => "unvalidated",
+            Security::Secure => "secure",
+            Security::Insecure => "insecure",
+            Security::Bogus => "bogus",
+            Security::Indeterminate => "indeterminate",
+        }
+    }
+
+    /// The weaker of two: a set of records is only as trustworthy as its worst member.
+    fn weakest(self, other: Security) -> Security {
+        fn rank(s: Security) -> u8 {
+            match s {
+                Security::Bogus => 0,
+                Security::Indeterminate => 1,
+                Security::Unvalidated => 2,
+                Security::Insecure => 3,
+                Security::Secure => 4,
+            }
+        }
+        if rank(other) < rank(self) {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+impl std::fmt::Display for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One mail exchanger of a domain, in the order it is to be tried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MxHost {
+    /// The exchange name, lower-case, without the trailing dot. For an implicit MX,
+    /// the domain itself. This is the name the certificate must carry (`trusted`).
+    pub name: String,
+    pub preference: u16,
+    /// The exchange was written as an IP address instead of a name (RFC 2181 10.3
+    /// violation, tolerated): connect there without an address lookup.
+    pub literal: Option<IpAddr>,
+}
+
+/// The answer to "where does mail for this domain go?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MxResult {
+    /// Hosts to try in this order. `implicit`: there was no MX RRset; the domain's own
+    /// addresses are used (RFC 5321 5.1), and `addresses` holds them.
+    Hosts {
+        hosts: Vec<MxHost>,
+        implicit: bool,
+        security: Security,
+        /// Only for an implicit MX: the addresses already found for the domain.
+        addresses: Vec<IpAddr>,
+    },
+    /// RFC 7505 null MX: the domain accepts no mail.
+    NullMx { security: Security },
+    /// The domain does not exist (NXDOMAIN).
+    NoSuchDomain { security: Security },
+    /// The domain exists but has neither MX nor address records.
+    NoMailHost { security: Security },
+    /// The lookup could not be completed now; try later.
+    TempFail { reason: String },
+}
+
+impl MxResult {
+    /// The enhanced status code (RFC 3463) and a plain-language reason for results
+    /// that end the attempt before any connection. `None` for `Hosts`.
+    pub fn failure(&self, domain: &str) -> Option<(bool, &'static str, String)> {
+        match self {
+            MxResult::Hosts { .. } => None,
+            MxResult::NullMx { .. } => Some((
+                true,
+                "5.1.10",
+                format!("Recipient address has null MX: {domain} accepts no mail (RFC 7505)"),
+            )),
+            MxResult::NoSuchDomain { .. } => Some((
+                true,
+                "5.1.2",
+                format!("Bad destination system address: the domain {domain} does not exist"),
+            )),
+            MxResult::NoMailHost { .. } => Some((
+                true,
+                "5.4.4",
+                format!("Unable to route: {domain} has no MX and no address records"),
+            )),
+            MxResult::TempFail { reason } => Some((
+                false,
+                "4.4.3",
+                format!("DNS lookup for {domain} failed temporarily: {reason}"),
+            )),
+        }
+    }
+}
+
+/// The addresses of one host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddrResult {
+    /// IPv4 first, then IPv6 (see [`Resolver::resolve_addrs`]).
+    pub addrs: Vec<IpAddr>,
+    pub security: Security,
+    /// The host name was an alias: the canonical name the CNAME chain led to.
+    pub canonical: Option<String>,
+    /// Set when no address was found because a lookup failed temporarily.
+    pub temp_error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DnsSetupError {
+    #[error("cannot read the system resolver configuration (/etc/resolv.conf): {0}")]
+    SystemConfig(String),
+    #[error("cannot build the DNS resolver: {0}")]
+    Build(String),
+}
+
+/// What one lookup produced once hickory's error cases are sorted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Lookup {
+    Records(Vec<Record>),
+    /// NOERROR with no records of the type ("NODATA").
+    NoData,
+    NxDomain,
+    Temp(String),
+}
+
+/// Sort a hickory lookup error into the cases that matter for mail.
+fn classify_error(err: &NetError) -> Lookup {
+    match err {
+        NetError::Dns(DnsError::NoRecordsFound(nr)) => match nr.response_code {
+            ResponseCode::NXDomain => Lookup::NxDomain,
+            ResponseCode::NoError => Lookup::NoData,
+            other => Lookup::Temp(format!("server answered {other}")),
+        },
+        NetError::Dns(DnsError::Nsec { response, .. }) => {
+            if response.metadata.response_code == ResponseCode::NXDomain {
+                Lookup::NxDomain
+            } else {
+                Lookup::NoData
+            }
+        }
+        NetError::Dns(DnsError::ResponseCode(code)) => {
+            Lookup::Temp(format!("server answered {code}"))
+        }
+        NetError::Dns(DnsError::DnssecBogus) => {
+            Lookup::Temp("DNSSEC validation failed (bogus answer)".into())
+        }
+        NetError::Timeout => Lookup::Temp("no answer from the DNS server (timeout)".into()),
+        other => Lookup::Temp(other.to_string()),
+    }
+}
+
+/// Turn a domain as written in an address into an absolute DNS name, so no search
+/// domain from resolv.conf is ever appended. Internationalized names become A-labels.
+fn absolute_name(domain: &str) -> Result<Name, String> {
+    let d = domain.trim_end_matches('.');
+    if d.is_empty() {
+        return Err("empty domain".into());
+    }
+    Name::from_utf8(format!("{d}.")).map_err(|e| format!("invalid domain name {d:?}: {e}"))
+}
+
+fn name_to_host(name: &Name) -> String {
+    name.to_ascii().trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The overall security of a set of records (the weakest proof among them).
+fn security_of(validating: bool, records: &[Record]) -> Security {
+    if !validating {
+        return Security::Unvalidated;
+    }
+    records
+        .iter()
+        .map(|r| match r.proof {
+            Proof::Secure => Security::Secure,
+            Proof::Insecure => Security::Insecure,
+            Proof::Bogus => Security::Bogus,
+            Proof::Indeterminate => Security::Indeterminate,
+        })
+        .fold(Security::Secure, Security::weakest)
+}
+
+/// Order MX records for delivery: RFC 7505 null MX detection, then by preference with
+/// random order among equal preferences (RFC 5321 5.1). A name listed twice keeps its
+/// lowest preference. Returns `None` for a null MX.
+pub fn order_mx<R: Rng + ?Sized>(
+    mut records: Vec<(u16, String)>,
+    rng: &mut R,
+) -> Option<Vec<MxHost>> {
+    for (_, name) in records.iter_mut() {
+        *name = name.trim_end_matches('.').to_ascii_lowercase();
+    }
+    // RFC 7505 3: a null MX is a single MX RR whose exchange is the root. A root
+    // exchange among real ones is a misconfiguration: ignore that entry.
+    if records.len() == 1 && records[0].1.is_empty() {
+        return None;
+    }
+    records.retain(|(_, n)| !n.is_empty());
+    records.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+    let mut seen = std::collections::HashSet::new();
+    records.retain(|(_, n)| seen.insert(n.clone()));
+
+    let mut out: Vec<MxHost> = Vec::with_capacity(records.len());
+    let mut start = 0;
+    while start < records.len() {
+        let pref = records[start].0;
+        let end = records[start..]
+            .iter()
+            .position(|r| r.0 != pref)
+            .map_or(records.len(), |p| start + p);
+        let mut group: Vec<MxHost> = records[start..end]
+            .iter()
+            .map(|(p, n)| MxHost {
+                name: n.clone(),
+                preference: *p,
+                literal: n.parse::<IpAddr>().ok(),
+            })
+            .collect();
+        group.shuffle(rng);
+        out.extend(group);
+        start = end;
+    }
+    Some(out)
+}
+
+/// The MX resolver, built once from `[dns]`.
+#[derive(Clone)]
+pub struct Resolver {
+    inner: TokioResolver,
+    validating: bool,
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver")
+            .field("validating", &self.validating)
+            .finish()
+    }
+}
+
+impl Resolver {
+    /// Build the resolver: the configured upstream servers (each over UDP and TCP,
+    /// at the configured port), or the system's resolv.conf when none are given.
+    pub fn from_config(cfg: &DnsConfig) -> Result<Resolver, DnsSetupError> {
+        let provider = TokioRuntimeProvider::default();
+        let mut builder = if cfg.servers.is_empty() {
+            TokioResolver::builder(provider)
+                .map_err(|e| DnsSetupError::SystemConfig(e.to_string()))?
+        } else {
+            TokioResolver::builder_with_config(upstream_config(&cfg.servers), provider)
+        };
+        let opts = builder.options_mut();
+        set_options(opts, cfg.timeout);
+        let validating = opts.validate;
+        let inner = builder
+            .build()
+            .map_err(|e| DnsSetupError::Build(e.to_string()))?;
+        Ok(Resolver { inner, validating })
+    }
+
+    /// Where mail for `domain` goes (see the module documentation for the rules).
+    pub async fn resolve_mx(&self, domain: &str) -> MxResult {
+        let name = match absolute_name(domain) {
+            Ok(n) => n,
+            Err(e) => {
+                // Not a syntactically valid domain: no lookup can ever succeed.
+                tracing::warn!(domain, "MX lookup not attempted: {e}");
+                return MxResult::NoSuchDomain {
+                    security: Security::Unvalidated,
+                };
+            }
+        };
+        let mx = match self.inner.mx_lookup(name.clone()).await {
+            Ok(l) => Lookup::Records(l.answers().to_vec()),
+            Err(e) => classify_error(&e),
+        };
+        match mx {
+            Lookup::Records(records) => {
+                let security = security_of(self.validating, &records);
+                let pairs: Vec<(u16, String)> = records
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::MX(mx) => Some((mx.preference, name_to_host(&mx.exchange))),
+                        _ => None,
+                    })
+                    .collect();
+                if pairs.is_empty() {
+                    // Only CNAMEs or other types in the answer: treat as NODATA.
+                    return self.implicit_mx(domain, security).await;
+                }
+                match order_mx(pairs, &mut rand::rng()) {
+                    None => MxResult::NullMx { security },
+                    Some(hosts) if hosts.is_empty() => MxResult::NullMx { security },
+                    Some(hosts) => MxResult::Hosts {
+                        hosts,
+                        implicit: false,
+                        security,
+                        addresses: Vec::new(),
+                    },
+                }
+            }
+            Lookup::NoData => self.implicit_mx(domain, Security::Unvalidated).await,
+            Lookup::NxDomain => MxResult::NoSuchDomain {
+                security: Security::Unvalidated,
+            },
+            Lookup::Temp(reason) => MxResult::TempFail { reason },
+        }
+    }
+
+    /// RFC 5321 5.1: no MX RRset; if the domain has addresses it is its own mail host.
+    async fn implicit_mx(&self, domain: &str, mx_security: Security) -> MxResult {
+        let host = domain.trim_end_matches('.').to_ascii_lowercase();
+        let addrs = self.resolve_addrs(&host).await;
+        if !addrs.addrs.is_empty() {
+            return MxResult::Hosts {
+                hosts: vec![MxHost {
+                    name: host,
+                    preference: 0,
+                    literal: None,
+                }],
+                implicit: true,
+                security: mx_security.weakest(addrs.security),
+                addresses: addrs.addrs,
+            };
+        }
+        match addrs.temp_error {
+            Some(reason) => MxResult::TempFail { reason },
+            None => MxResult::NoMailHost {
+                security: mx_security.weakest(addrs.security),
+            },
+        }
+    }
+
+    /// A and AAAA of one host, looked up together. IPv4 addresses come first: boxes
+    /// are often on networks with an IPv6 address but no working IPv6 route, where an
+    /// IPv6-first order would spend a connect timeout per host.
+    pub async fn resolve_addrs(&self, host: &str) -> AddrResult {
+        let name = match absolute_name(host) {
+            Ok(n) => n,
+            Err(e) => {
+                return AddrResult {
+                    addrs: Vec::new(),
+                    security: Security::Unvalidated,
+                    canonical: None,
+                    temp_error: Some(e),
+                }
+            }
+        };
+        let (v4, v6) = tokio::join!(
+            self.inner.lookup(name.clone(), RecordType::A),
+            self.inner.lookup(name.clone(), RecordType::AAAA)
+        );
+        let v4 = v4.map_or_else(
+            |e| classify_error(&e),
+            |l| Lookup::Records(l.answers().to_vec()),
+        );
+        let v6 = v6.map_or_else(
+            |e| classify_error(&e),
+            |l| Lookup::Records(l.answers().to_vec()),
+        );
+        collect_addrs(self.validating, [v4, v6])
+    }
+}
+
+/// Merge the A and AAAA lookups of one host into its address list.
+fn collect_addrs(validating: bool, lookups: [Lookup; 2]) -> AddrResult {
+    let mut addrs = Vec::new();
+    let mut records_seen: Vec<Record> = Vec::new();
+    let mut canonical = None;
+    let mut temp_error = None;
+    for lookup in lookups {
+        match lookup {
+            Lookup::Records(records) => {
+                for r in &records {
+                    match &r.data {
+                        RData::A(a) => addrs.push(IpAddr::V4(a.0)),
+                        RData::AAAA(a) => addrs.push(IpAddr::V6(a.0)),
+                        // A chain is answered in order; the last target is canonical.
+                        RData::CNAME(c) => canonical = Some(name_to_host(&c.0)),
+                        _ => {}
+                    }
+                }
+                records_seen.extend(records);
+            }
+            Lookup::NoData | Lookup::NxDomain => {}
+            Lookup::Temp(reason) => temp_error = Some(reason),
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    addrs.retain(|a| seen.insert(*a));
+    AddrResult {
+        addrs,
+        security: security_of(validating, &records_seen),
+        canonical,
+        temp_error,
+    }
+}
+
+/// The name server list for configured upstreams: each over UDP and TCP at its port.
+fn upstream_config(servers: &[SocketAddr]) -> ResolverConfig {
+    let name_servers = servers
+        .iter()
+        .map(|sa| {
+            let mut udp = ConnectionConfig::udp();
+            udp.port = sa.port();
+            let mut tcp = ConnectionConfig::tcp();
+            tcp.port = sa.port();
+            NameServerConfig::new(sa.ip(), true, vec![udp, tcp])
+        })
+        .collect();
+    ResolverConfig::from_name_servers(name_servers)
+}
+
+/// The resolver options, each set deliberately rather than inherited.
+fn set_options(opts: &mut ResolverOpts, timeout: Duration) {
+    opts.timeout = timeout;
+    opts.attempts = 2;
+    opts.edns0 = true;
+    // DNSSEC validation is switched on by the DNSSEC issue, together with the trust
+    // anchor and the startup probe (field-notes: "hickory-resolver and DNSSEC").
+    opts.validate = false;
+    // Caching on: MX and address answers are small and reused for every message to
+    // the same domain. Negative answers are not cached by hickory.
+    opts.cache_size = 4096;
+    // Mail routing comes from DNS only, never from /etc/hosts.
+    opts.use_hosts_file = ResolveHosts::Never;
+    // We only ask absolute names; search domains never apply.
+    opts.ndots = 0;
+    // Keep CNAMEs in answers so an aliased MX host is visible.
+    opts.preserve_intermediates = true;
+    // A truncated or failed UDP answer is retried over TCP.
+    opts.try_tcp_on_error = true;
+    opts.recursion_desired = true;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_resolver::net::NoRecords;
+    use hickory_resolver::proto::op::Query;
+    use hickory_resolver::proto::rr::rdata::{A, AAAA, CNAME};
+    use rand::SeedableRng;
+
+    fn pairs(v: &[(u16, &str)]) -> Vec<(u16, String)> {
+        v.iter().map(|(p, n)| (*p, n.to_string())).collect()
+    }
+
+    #[test]
+    fn mx_sorted_by_preference() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let hosts = order_mx(
+            pairs(&[(20, "b.example."), (10, "A.Example."), (30, "c.example")]),
+            &mut rng,
+        )
+        .unwrap();
+        let names: Vec<_> = hosts.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["a.example", "b.example", "c.example"]);
+        assert_eq!(hosts[0].preference, 10);
+    }
+
+    #[test]
+    fn equal_preference_is_shuffled_but_stays_in_its_group() {
+        let input = pairs(&[
+            (10, "a1"),
+            (10, "a2"),
+            (10, "a3"),
+            (10, "a4"),
+            (20, "b1"),
+            (20, "b2"),
+            (5, "first"),
+        ]);
+        let mut firsts = std::collections::HashSet::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..200 {
+            let hosts = order_mx(input.clone(), &mut rng).unwrap();
+            assert_eq!(hosts.len(), 7);
+            assert_eq!(hosts[0].name, "first");
+            let mid: std::collections::BTreeSet<_> =
+                hosts[1..5].iter().map(|h| h.name.clone()).collect();
+            assert_eq!(mid.len(), 4);
+            assert!(mid.iter().all(|n| n.starts_with('a')));
+            assert!(hosts[5..].iter().all(|h| h.name.starts_with('b')));
+            firsts.insert(hosts[1].name.clone());
+        }
+        // With 200 rounds every a-host must have come first at least once.
+        assert_eq!(firsts.len(), 4, "{firsts:?}");
+    }
+
+    #[test]
+    fn null_mx_is_detected() {
+        let mut rng = rand::rng();
+        assert_eq!(order_mx(pairs(&[(0, ".")]), &mut rng), None);
+        assert_eq!(order_mx(pairs(&[(0, "")]), &mut rng), None);
+        // A root exchange next to real ones is ignored, not a null MX.
+        let hosts = order_mx(pairs(&[(0, "."), (10, "mx.example")]), &mut rng).unwrap();
+        assert_eq!(hosts.len(), 1);
+        assert_eq!(hosts[0].name, "mx.example");
+    }
+
+    #[test]
+    fn duplicate_mx_names_keep_lowest_preference() {
+        let hosts = order_mx(
+            pairs(&[(20, "mx.example"), (10, "mx.example."), (15, "other")]),
+            &mut rand::rng(),
+        )
+        .unwrap();
+        assert_eq!(hosts.len(), 2);
+        assert_eq!(
+            (hosts[0].name.as_str(), hosts[0].preference),
+            ("mx.example", 10)
+        );
+    }
+
+    #[test]
+    fn ip_literal_exchange_is_kept_as_address() {
+        let hosts = order_mx(pairs(&[(10, "127.0.0.7.")]), &mut rand::rng()).unwrap();
+        assert_eq!(hosts[0].literal, Some("127.0.0.7".parse().unwrap()));
+    }
+
+    fn no_records(code: ResponseCode) -> NetError {
+        NetError::Dns(DnsError::NoRecordsFound(NoRecords::new(
+            Query::query(Name::from_ascii("x.example.").unwrap(), RecordType::MX),
+            code,
+        )))
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        assert_eq!(
+            classify_error(&no_records(ResponseCode::NXDomain)),
+            Lookup::NxDomain
+        );
+        assert_eq!(
+            classify_error(&no_records(ResponseCode::NoError)),
+            Lookup::NoData
+        );
+        assert!(matches!(
+            classify_error(&NetError::Dns(DnsError::ResponseCode(
+                ResponseCode::ServFail
+            ))),
+            Lookup::Temp(_)
+        ));
+        assert!(matches!(
+            classify_error(&NetError::Timeout),
+            Lookup::Temp(_)
+        ));
+        assert!(matches!(
+            classify_error(&NetError::Dns(DnsError::DnssecBogus)),
+            Lookup::Temp(_)
+        ));
+    }
+
+    #[test]
+    fn failures_map_to_status_codes() {
+        let f = |r: MxResult| r.failure("example.test").unwrap();
+        let (perm, st, msg) = f(MxResult::NullMx {
+            security: Security::Unvalidated,
+        });
+        assert!(perm);
+        assert_eq!(st, "5.1.10");
+        assert!(msg.contains("null MX"));
+        let (perm, st, _) = f(MxResult::NoSuchDomain {
+            security: Security::Unvalidated,
+        });
+        assert!(perm && st == "5.1.2");
+        let (perm, st, _) = f(MxResult::TempFail {
+            reason: "timeout".into(),
+        });
+        assert!(!perm && st == "4.4.3", "a DNS outage defers, never bounces");
+    }
+
+    #[test]
+    fn addresses_from_both_families_and_cname() {
+        let q = Name::from_ascii("mx.example.").unwrap();
+        let target = Name::from_ascii("real.example.").unwrap();
+        let v4 = Lookup::Records(vec![
+            Record::from_rdata(q.clone(), 60, RData::CNAME(CNAME(target.clone()))),
+            Record::from_rdata(target.clone(), 60, RData::A(A::new(127, 0, 0, 9))),
+        ]);
+        let v6 = Lookup::Records(vec![Record::from_rdata(
+            target,
+            60,
+            RData::AAAA(AAAA::new(0, 0, 0, 0, 0, 0, 0, 1)),
+        )]);
+        let r = collect_addrs(false, [v4, v6]);
+        assert_eq!(
+            r.addrs,
+            vec![
+                "127.0.0.9".parse::<IpAddr>().unwrap(),
+                "::1".parse::<IpAddr>().unwrap()
+            ]
+        );
+        assert_eq!(r.canonical.as_deref(), Some("real.example"));
+        assert_eq!(r.security, Security::Unvalidated);
+        assert_eq!(r.temp_error, None);
+    }
+
+    #[test]
+    fn address_lookup_temp_failure_is_reported() {
+        let r = collect_addrs(false, [Lookup::Temp("timeout".into()), Lookup::NoData]);
+        assert!(r.addrs.is_empty());
+        assert_eq!(r.temp_error.as_deref(), Some("timeout"));
+    }
+
+    #[test]
+    fn resolver_builds_for_configured_upstream() {
+        let cfg = DnsConfig {
+            servers: vec!["127.0.10.54:53".parse().unwrap()],
+            timeout: Duration::from_secs(2),
+        };
+        let r = Resolver::from_config(&cfg).expect("resolver");
+        assert!(!r.validating);
+        let ns = upstream_config(&cfg.servers);
+        assert_eq!(ns.name_servers().len(), 1);
+        let conns = &ns.name_servers()[0].connections;
+        assert_eq!(conns.len(), 2);
+        assert!(conns.iter().all(|c| c.port == 53));
+    }
+}

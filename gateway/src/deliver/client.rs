@@ -1,0 +1,983 @@
+//! The outbound SMTP client (Postfix: smtp): one delivery attempt for the pending
+//! recipients of one message in one domain.
+//!
+//! The attempt, in order:
+//! 1. Route (RFC 5321 5.1): the domain's MX hosts by preference, equal preferences in
+//!    random order; an implicit MX; or an address literal (`[192.0.2.1]`, RFC 5321
+//!    4.1.3). Null MX (5.1.10) and NXDOMAIN (5.1.2) fail at once; a DNS outage defers
+//!    (4.4.3). See [`crate::dns`].
+//! 2. Each address of each host in turn. The next host is tried when the connection
+//!    fails or times out, when the greeting or EHLO is refused (RFC 5321 3.1, 5.1:
+//!    "try the next MX"), and when the host cannot give the transport the message's
+//!    level requires.
+//! 3. EHLO (RFC 5321 4.1.1.1); HELO only for level `may` after a 5xx to EHLO, since
+//!    without EHLO there is no STARTTLS.
+//! 4. STARTTLS whenever offered (RFC 3207, standards.md B2), then EHLO again (RFC 3207
+//!    4.2: forget what was learned before TLS). [`crate::policy::decide`] judges the
+//!    result: send, skip this host (defer if none is left), or for `may` only, retry
+//!    the same address without TLS (RFC 7435).
+//! 5. MAIL FROM with SIZE (RFC 1870), BODY=8BITMIME (RFC 6152), SMTPUTF8 (RFC 6531)
+//!    and the DSN parameters RET/ENVID/NOTIFY/ORCPT when the server offers DSN
+//!    (RFC 3461); RCPT TO per recipient. With PIPELINING (RFC 2920) MAIL and all RCPTs
+//!    go out in one write and the replies are read in order.
+//! 6. DATA, the dot-stuffed content, "." (RFC 5321 4.5.2); the final reply applies to
+//!    every recipient accepted at RCPT. QUIT.
+//!
+//! Per-recipient results: 2xx delivered, 4xx deferred, 5xx failed, with the server's
+//! reply verbatim and its enhanced status code (or one we derive: 4.4.1 no answer,
+//! 4.4.2 connection lost, 4.4.3 DNS, 4.7.5 TLS level not met, 5.1.2, 5.1.10...).
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use super::protocol::{
+    dot_stuff, xtext, Capabilities, Reply, ReplyBuilder, ReplyError, MAX_REPLY_LINE,
+};
+use super::{DeliveryReport, DeliveryRequest, RcptOutcome, Transport};
+use crate::config::{Config, Level};
+use crate::dns::{DnsSetupError, MxResult, Resolver};
+use crate::policy::{self, Action, Inputs, TlsOutcome};
+use crate::spool::record::{now_secs, Attempt, BodyType, Ret, TlsFacts, TransportVerdict};
+use crate::tls::client::{session_facts, ClientTls, TlsFailure, TlsSetupError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverSetupError {
+    #[error(transparent)]
+    Dns(#[from] DnsSetupError),
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+}
+
+/// One host to try: its name (what the certificate must name) and its addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub mx: String,
+    pub addrs: Vec<IpAddr>,
+}
+
+/// The real transport: SMTP to the recipient domain's mail servers. Built once at
+/// start; cheap to share (`Arc<Deliverer>`) between concurrent deliveries.
+pub struct Deliverer {
+    config: Arc<Config>,
+    resolver: Resolver,
+    tls: ClientTls,
+    helo: String,
+}
+
+impl std::fmt::Debug for Deliverer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deliverer")
+            .field("helo", &self.helo)
+            .field("resolver", &self.resolver)
+            .finish()
+    }
+}
+
+impl Transport for Deliverer {
+    fn deliver(
+        &self,
+        req: DeliveryRequest,
+    ) -> Pin<Box<dyn Future<Output = DeliveryReport> + Send + '_>> {
+        Box::pin(self.attempt(req))
+    }
+}
+
+/// How one connection ended.
+enum SessionEnd {
+    /// The transaction ran (or failed for good): these are the outcomes.
+    Done(Vec<RcptOutcome>, Attempt),
+    /// This host cannot take the message now: try the next one.
+    NextHost(HostFailure),
+    /// `may` only: the TLS handshake failed; reconnect to the same address without TLS.
+    RetryPlaintext(HostFailure, TlsFailure),
+}
+
+/// Why a host was given up, for the final deferral when no host is left.
+struct HostFailure {
+    status: String,
+    attempt: Attempt,
+}
+
+/// A failure of the conversation itself (not a reply).
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("connection lost: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("no answer {0} within {1:?}")]
+    Timeout(&'static str, Duration),
+    #[error("protocol error: {0}")]
+    Reply(#[from] ReplyError),
+}
+
+trait BufIo: AsyncBufRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncBufRead + AsyncWrite + Unpin + Send> BufIo for T {}
+
+/// The connection, before or after STARTTLS.
+enum Conn {
+    Plain(BufReader<TcpStream>),
+    Tls(Box<BufReader<TlsStream<TcpStream>>>),
+}
+
+impl Conn {
+    fn io(&mut self) -> &mut dyn BufIo {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(s) => s.as_mut(),
+        }
+    }
+
+    async fn send(&mut self, data: &[u8], limit: Duration) -> Result<(), ConnError> {
+        let io = self.io();
+        timeout(limit, async {
+            io.write_all(data).await?;
+            io.flush().await
+        })
+        .await
+        .map_err(|_| ConnError::Timeout("while sending", limit))??;
+        Ok(())
+    }
+
+    async fn read_reply(
+        &mut self,
+        what: &'static str,
+        limit: Duration,
+    ) -> Result<Reply, ConnError> {
+        let io = self.io();
+        timeout(limit, async {
+            let mut builder = ReplyBuilder::default();
+            loop {
+                let mut line = Vec::new();
+                let n = (&mut *io)
+                    .take(MAX_REPLY_LINE as u64 + 1)
+                    .read_until(b'\n', &mut line)
+                    .await?;
+                if n == 0 {
+                    return Err(ConnError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                }
+                if !line.ends_with(b"\n") {
+                    if line.len() > MAX_REPLY_LINE {
+                        return Err(ReplyError::LineTooLong.into());
+                    }
+                    return Err(ConnError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                }
+                if let Some(reply) = builder.push(&line)? {
+                    return Ok(reply);
+                }
+            }
+        })
+        .await
+        .map_err(|_| ConnError::Timeout(what, limit))?
+    }
+
+    /// Send one command and read its reply.
+    async fn command(
+        &mut self,
+        line: &str,
+        what: &'static str,
+        limit: Duration,
+    ) -> Result<Reply, ConnError> {
+        self.send(format!("{line}\r\n").as_bytes(), limit).await?;
+        self.read_reply(what, limit).await
+    }
+
+    /// QUIT politely; the answer does not matter (RFC 5321 4.1.1.10).
+    async fn quit(&mut self) {
+        let limit = Duration::from_secs(5);
+        if self.send(b"QUIT\r\n", limit).await.is_ok() {
+            let _ = self.read_reply("to QUIT", limit).await;
+        }
+        let _ = self.io().shutdown().await;
+    }
+}
+
+impl Deliverer {
+    /// Build the resolver and the TLS client configurations (roots loaded once).
+    pub fn new(config: Arc<Config>) -> Result<Deliverer, DeliverSetupError> {
+        let resolver = Resolver::from_config(&config.dns)?;
+        let tls = ClientTls::new(config.tls.ca_file.as_deref())?;
+        let helo = config.helo_name();
+        Ok(Deliverer {
+            config,
+            resolver,
+            tls,
+            helo,
+        })
+    }
+
+    /// One attempt for the request's domain (the [`Transport`] implementation).
+    pub async fn attempt(&self, req: DeliveryRequest) -> DeliveryReport {
+        let targets = match self.route(&req.domain).await {
+            Ok(t) => t,
+            Err((permanent, status, reason)) => {
+                let attempt = attempt_record("", "", None, None, reason.clone());
+                let report = all_same(&req, permanent, &status, &reason, attempt);
+                log_attempt(&req, &report);
+                return report;
+            }
+        };
+        let report = self.deliver_to(&req, &targets).await;
+        log_attempt(&req, &report);
+        report
+    }
+
+    /// Where to connect: an address literal, or the MX hosts with their addresses.
+    /// Err = (permanent, status, reason) when there is no host to try.
+    async fn route(&self, domain: &str) -> Result<Vec<Target>, (bool, String, String)> {
+        if let Some(ip) = address_literal(domain) {
+            return Ok(vec![Target {
+                mx: domain.to_string(),
+                addrs: vec![ip],
+            }]);
+        }
+        let mx = self.resolver.resolve_mx(domain).await;
+        if let Some((permanent, status, reason)) = mx.failure(domain) {
+            return Err((permanent, status.to_string(), reason));
+        }
+        let MxResult::Hosts {
+            hosts,
+            addresses,
+            implicit,
+            ..
+        } = mx
+        else {
+            return Err((false, "4.4.3".into(), format!("no MX hosts for {domain}")));
+        };
+        let mut targets = Vec::new();
+        let mut temp_errors = Vec::new();
+        for host in hosts {
+            let addrs = if let Some(ip) = host.literal {
+                tracing::warn!(domain, mx = %host.name, "MX exchange is an IP address (RFC 2181 10.3); using it");
+                vec![ip]
+            } else if implicit {
+                addresses.clone()
+            } else {
+                let found = self.resolver.resolve_addrs(&host.name).await;
+                if let Some(canonical) = &found.canonical {
+                    tracing::debug!(domain, mx = %host.name, canonical, "MX host is an alias (CNAME)");
+                }
+                if let Some(e) = found.temp_error.filter(|_| found.addrs.is_empty()) {
+                    temp_errors.push(format!("{}: {e}", host.name));
+                }
+                found.addrs
+            };
+            if addrs.is_empty() {
+                tracing::info!(domain, mx = %host.name, "MX host has no address; skipped");
+                continue;
+            }
+            targets.push(Target {
+                mx: host.name,
+                addrs,
+            });
+        }
+        if targets.is_empty() {
+            let reason = if temp_errors.is_empty() {
+                format!("no MX host of {domain} has an address")
+            } else {
+                format!(
+                    "address lookups for the MX hosts of {domain} failed: {}",
+                    temp_errors.join("; ")
+                )
+            };
+            let status = if temp_errors.is_empty() {
+                "4.4.4"
+            } else {
+                "4.4.3"
+            };
+            return Err((false, status.into(), reason));
+        }
+        Ok(targets)
+    }
+
+    /// Try the targets in order until one carries the transaction.
+    pub(crate) async fn deliver_to(
+        &self,
+        req: &DeliveryRequest,
+        targets: &[Target],
+    ) -> DeliveryReport {
+        let mut last: Option<HostFailure> = None;
+        for target in targets {
+            for ip in &target.addrs {
+                let mut end = self.session(req, &target.mx, *ip, None).await;
+                if let SessionEnd::RetryPlaintext(failure, tls_failure) = end {
+                    tracing::info!(
+                        queue_id = %req.id, mx = %target.mx, ip = %ip,
+                        "TLS failed ({}); level may: retrying without TLS (RFC 7435)",
+                        failure.attempt.reply
+                    );
+                    end = self.session(req, &target.mx, *ip, Some(tls_failure)).await;
+                }
+                match end {
+                    SessionEnd::Done(outcomes, attempt) => {
+                        return DeliveryReport { outcomes, attempt }
+                    }
+                    SessionEnd::NextHost(f) | SessionEnd::RetryPlaintext(f, _) => {
+                        tracing::info!(
+                            queue_id = %req.id, mx = %target.mx, ip = %ip, status = %f.status,
+                            "host not used: {}", f.attempt.reply
+                        );
+                        last = Some(f);
+                    }
+                }
+            }
+        }
+        match last {
+            Some(f) => {
+                let reason = f.attempt.reply.clone();
+                all_same(req, false, &f.status, &reason, f.attempt)
+            }
+            None => {
+                let reason = format!("no host to deliver to for {}", req.domain);
+                let attempt = attempt_record("", "", None, None, reason.clone());
+                all_same(req, false, "4.4.4", &reason, attempt)
+            }
+        }
+    }
+
+    /// One connection to one address. `plaintext_retry`: the earlier handshake with
+    /// this address failed this way and the level is `may`; do not try TLS again.
+    async fn session(
+        &self,
+        req: &DeliveryRequest,
+        mx: &str,
+        ip: IpAddr,
+        plaintext_retry: Option<TlsFailure>,
+    ) -> SessionEnd {
+        let d = &self.config.delivery;
+        let cmd = d.command_timeout;
+        let addr = SocketAddr::new(ip, d.port);
+        let ip_s = ip.to_string();
+        let fail = |status: &str,
+                    reply: String,
+                    tls: Option<TlsFacts>,
+                    verdict: Option<TransportVerdict>| {
+            SessionEnd::NextHost(HostFailure {
+                status: status.to_string(),
+                attempt: attempt_record(mx, &ip_s, tls, verdict, reply),
+            })
+        };
+
+        // Connect and greeting.
+        let tcp = match timeout(d.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return fail(
+                    "4.4.1",
+                    format!("cannot connect to {mx}[{ip}]:{}: {e}", d.port),
+                    None,
+                    None,
+                )
+            }
+            Err(_) => {
+                return fail(
+                    "4.4.1",
+                    format!(
+                        "no answer from {mx}[{ip}]:{} within {:?}",
+                        d.port, d.connect_timeout
+                    ),
+                    None,
+                    None,
+                )
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let mut conn = Conn::Plain(BufReader::new(tcp));
+        let greeting = match conn.read_reply("to the greeting", cmd).await {
+            Ok(r) => r,
+            Err(e) => return fail("4.4.2", format!("{mx}[{ip}]: {e}"), None, None),
+        };
+        if !greeting.is_positive() {
+            // RFC 5321 3.1: a 554 (or 4xx) greeting means no service here; try the next MX.
+            conn.quit().await;
+            return fail(
+                &greeting.status(),
+                format!("{mx}[{ip}] greeting: {greeting}"),
+                None,
+                None,
+            );
+        }
+
+        // EHLO (or HELO for `may`).
+        let mut caps = match self.hello(&mut conn, req.level, cmd).await {
+            Ok(c) => c,
+            Err((status, reply)) => {
+                conn.quit().await;
+                return fail(&status, format!("{mx}[{ip}]: {reply}"), None, None);
+            }
+        };
+
+        // STARTTLS whenever offered (B2), unless this is the `may` plaintext retry.
+        let server_name = server_name_for(mx, ip);
+        let mut facts: Option<TlsFacts> = None;
+        let tls_outcome = match plaintext_retry {
+            Some(f) => TlsOutcome::PlaintextRetry(f),
+            None if policy::use_starttls(caps.starttls) => {
+                match self.start_tls(conn, req.level, &server_name, cmd).await {
+                    Ok((c, f, pkix)) => {
+                        conn = c;
+                        let version = f.version.clone();
+                        facts = Some(f);
+                        TlsOutcome::Established { version, pkix }
+                    }
+                    Err((c, f)) => {
+                        if let Some(mut c) = c {
+                            c.quit().await;
+                        }
+                        // The connection is no longer usable after a failed handshake.
+                        let decision = policy::decide(&Inputs {
+                            host: mx,
+                            required: req.level,
+                            starttls_offered: true,
+                            tls: TlsOutcome::Failed(f.clone()),
+                        });
+                        return match decision.action {
+                            Action::RetryPlaintext { reason } => SessionEnd::RetryPlaintext(
+                                HostFailure {
+                                    status: "4.7.5".into(),
+                                    attempt: attempt_record(mx, &ip_s, None, None, reason),
+                                },
+                                f,
+                            ),
+                            Action::SkipHost { status, reason } => fail(status, reason, None, None),
+                            Action::Send => {
+                                fail("4.7.5", format!("{mx}[{ip}]: TLS failed: {f}"), None, None)
+                            }
+                        };
+                    }
+                }
+            }
+            None => TlsOutcome::NotAttempted,
+        };
+
+        // The decision for this host.
+        let decision = policy::decide(&Inputs {
+            host: mx,
+            required: req.level,
+            starttls_offered: caps.starttls,
+            tls: tls_outcome,
+        });
+        let verdict = match decision.action {
+            Action::Send => decision.verdict,
+            Action::SkipHost { status, reason } => {
+                conn.quit().await;
+                return fail(status, reason, facts, decision.verdict);
+            }
+            Action::RetryPlaintext { reason } => {
+                conn.quit().await;
+                return SessionEnd::RetryPlaintext(
+                    HostFailure {
+                        status: "4.7.5".into(),
+                        attempt: attempt_record(mx, &ip_s, facts, decision.verdict, reason.clone()),
+                    },
+                    TlsFailure::Other(reason),
+                );
+            }
+        };
+
+        // RFC 3207 4.2: after TLS, discard what the server said before and ask again.
+        if matches!(conn, Conn::Tls(_)) {
+            caps = match conn
+                .command(&format!("EHLO {}", self.helo), "to EHLO", cmd)
+                .await
+            {
+                Ok(r) if r.is_positive() => Capabilities::from_ehlo(&r),
+                Ok(r) => {
+                    conn.quit().await;
+                    return fail(
+                        &r.status(),
+                        format!("{mx}[{ip}] EHLO after STARTTLS: {r}"),
+                        facts,
+                        verdict,
+                    );
+                }
+                Err(e) => return fail("4.4.2", format!("{mx}[{ip}]: {e}"), facts, verdict),
+            };
+        }
+
+        let (outcomes, last_reply) = self.transaction(&mut conn, req, &caps, mx, ip).await;
+        conn.quit().await;
+        SessionEnd::Done(
+            outcomes,
+            attempt_record(mx, &ip_s, facts, verdict, last_reply),
+        )
+    }
+
+    /// EHLO, with the HELO fallback for `may`. Err = (status, reply text).
+    async fn hello(
+        &self,
+        conn: &mut Conn,
+        level: Level,
+        cmd: Duration,
+    ) -> Result<Capabilities, (String, String)> {
+        let io_err = |e: ConnError| ("4.4.2".to_string(), e.to_string());
+        let r = conn
+            .command(&format!("EHLO {}", self.helo), "to EHLO", cmd)
+            .await
+            .map_err(io_err)?;
+        if r.is_positive() {
+            return Ok(Capabilities::from_ehlo(&r));
+        }
+        if r.is_permanent() && level == Level::May {
+            // RFC 5321 3.2: a server that does not know EHLO answers 5xx; HELO works,
+            // without extensions (so without STARTTLS), acceptable only for `may`.
+            let h = conn
+                .command(&format!("HELO {}", self.helo), "to HELO", cmd)
+                .await
+                .map_err(io_err)?;
+            if h.is_positive() {
+                return Ok(Capabilities::default());
+            }
+            return Err((h.status(), format!("HELO refused: {h}")));
+        }
+        Err((r.status(), format!("EHLO refused: {r}")))
+    }
+
+    /// STARTTLS and the handshake. Ok = (TLS connection, facts, PKIX result);
+    /// Err = (the plain connection if still usable, why).
+    async fn start_tls(
+        &self,
+        mut conn: Conn,
+        level: Level,
+        server_name: &ServerName<'static>,
+        cmd: Duration,
+    ) -> Result<(Conn, TlsFacts, Result<(), TlsFailure>), (Option<Conn>, TlsFailure)> {
+        let reply = match conn.command("STARTTLS", "to STARTTLS", cmd).await {
+            Ok(r) => r,
+            Err(e) => return Err((None, TlsFailure::Other(e.to_string()))),
+        };
+        if !reply.is_positive() {
+            return Err((
+                Some(conn),
+                TlsFailure::Other(format!("STARTTLS refused: {reply}")),
+            ));
+        }
+        let Conn::Plain(reader) = conn else {
+            return Err((None, TlsFailure::Other("STARTTLS inside TLS".into())));
+        };
+        // Anything the server sent after its 220 would be read as if it came through
+        // TLS: a plaintext injection (CVE-2011-0411 class). Refuse.
+        if !reader.buffer().is_empty() {
+            return Err((
+                None,
+                TlsFailure::Other(
+                    "server sent data after its STARTTLS reply (possible injection)".into(),
+                ),
+            ));
+        }
+        let tcp = reader.into_inner();
+        let connector = TlsConnector::from(self.tls.config_for(level));
+        let stream = match timeout(cmd, connector.connect(server_name.clone(), tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err((None, TlsFailure::from_io(&e))),
+            Err(_) => {
+                return Err((
+                    None,
+                    TlsFailure::Other(format!("handshake not finished within {cmd:?}")),
+                ))
+            }
+        };
+        let (_, session) = stream.get_ref();
+        let pkix = if level >= Level::Trusted {
+            // The handshake itself verified PKIX and the name; it would have failed otherwise.
+            Ok(())
+        } else {
+            match session.peer_certificates() {
+                Some(chain) => self.tls.pkix_check(chain, server_name),
+                None => Err(TlsFailure::NotTrusted),
+            }
+        };
+        let facts = session_facts(session, pkix.is_ok());
+        Ok((Conn::Tls(Box::new(BufReader::new(stream))), facts, pkix))
+    }
+
+    /// MAIL, RCPT, DATA. Returns the outcomes and the reply that ended the transaction.
+    async fn transaction(
+        &self,
+        conn: &mut Conn,
+        req: &DeliveryRequest,
+        caps: &Capabilities,
+        mx: &str,
+        ip: IpAddr,
+    ) -> (Vec<RcptOutcome>, String) {
+        let cmd = self.config.delivery.command_timeout;
+        let n = req.recipients.len();
+        let failed_all = |status: &str, reply: String| {
+            (
+                vec![
+                    RcptOutcome::Failed {
+                        reply: reply.clone(),
+                        status: status.to_string()
+                    };
+                    n
+                ],
+                reply,
+            )
+        };
+
+        // What the message needs that the server must support.
+        if req.smtputf8 && !caps.smtputf8 {
+            return failed_all(
+                "5.6.7",
+                format!(
+                    "{mx}[{ip}] does not support SMTPUTF8, which this message needs (RFC 6531 3.4)"
+                ),
+            );
+        }
+        if req.body == BodyType::BinaryMime {
+            return failed_all(
+                "5.6.3",
+                "the message is BINARYMIME, which cannot be sent without CHUNKING support in this relay".into(),
+            );
+        }
+        let size = req.content.len() as u64;
+        if let Some(limit) = caps.size.filter(|l| *l > 0 && size > *l) {
+            return failed_all(
+                "5.3.4",
+                format!(
+                    "message too big for {mx}: {size} bytes, the server accepts at most {limit}"
+                ),
+            );
+        }
+
+        let mail = mail_from_line(req, caps);
+        let rcpts: Vec<String> = req
+            .recipients
+            .iter()
+            .map(|r| rcpt_to_line(r, caps))
+            .collect();
+
+        // Per recipient: None = accepted at RCPT, Some = final outcome already.
+        let mut results: Vec<Option<RcptOutcome>> = vec![None; n];
+        let deferred_all = |why: String, results: &[Option<RcptOutcome>]| {
+            let outcomes = results
+                .iter()
+                .map(|r| {
+                    r.clone().unwrap_or_else(|| RcptOutcome::Deferred {
+                        reply: why.clone(),
+                        status: "4.4.2".into(),
+                    })
+                })
+                .collect();
+            (outcomes, why)
+        };
+
+        // MAIL and RCPT, pipelined when offered (RFC 2920 3.1).
+        let mail_reply;
+        let mut rcpt_replies: Vec<Reply> = Vec::with_capacity(n);
+        if caps.pipelining {
+            let mut batch = format!("{mail}\r\n");
+            for r in &rcpts {
+                batch.push_str(r);
+                batch.push_str("\r\n");
+            }
+            if let Err(e) = conn.send(batch.as_bytes(), cmd).await {
+                return deferred_all(format!("{mx}[{ip}]: {e}"), &results);
+            }
+            mail_reply = match conn.read_reply("to MAIL FROM", cmd).await {
+                Ok(r) => r,
+                Err(e) => return deferred_all(format!("{mx}[{ip}]: {e}"), &results),
+            };
+            for _ in &rcpts {
+                match conn.read_reply("to RCPT TO", cmd).await {
+                    Ok(r) => rcpt_replies.push(r),
+                    Err(e) => return deferred_all(format!("{mx}[{ip}]: {e}"), &results),
+                }
+            }
+        } else {
+            mail_reply = match conn.command(&mail, "to MAIL FROM", cmd).await {
+                Ok(r) => r,
+                Err(e) => return deferred_all(format!("{mx}[{ip}]: {e}"), &results),
+            };
+            if mail_reply.is_positive() {
+                for r in &rcpts {
+                    match conn.command(r, "to RCPT TO", cmd).await {
+                        Ok(reply) => rcpt_replies.push(reply),
+                        Err(e) => {
+                            // Keep what was decided; the rest waits for the next attempt.
+                            for (slot, reply) in results.iter_mut().zip(&rcpt_replies) {
+                                *slot = rcpt_outcome(reply, caps);
+                            }
+                            return deferred_all(format!("{mx}[{ip}]: {e}"), &results);
+                        }
+                    }
+                }
+            }
+        }
+        if !mail_reply.is_positive() {
+            let text = mail_reply.to_string();
+            let outcome = if mail_reply.is_permanent() {
+                RcptOutcome::Failed {
+                    reply: text.clone(),
+                    status: mail_reply.status(),
+                }
+            } else {
+                RcptOutcome::Deferred {
+                    reply: text.clone(),
+                    status: mail_reply.status(),
+                }
+            };
+            return (vec![outcome; n], text);
+        }
+        for (slot, reply) in results.iter_mut().zip(&rcpt_replies) {
+            *slot = rcpt_outcome(reply, caps);
+        }
+        if results.iter().all(Option::is_some) {
+            // Nobody accepted: no DATA (RFC 5321 3.3). QUIT follows in the caller.
+            let last = rcpt_replies
+                .last()
+                .map(Reply::to_string)
+                .unwrap_or_default();
+            let outcomes = results.into_iter().flatten().collect();
+            return (outcomes, last);
+        }
+
+        // DATA.
+        let data_reply = match conn.command("DATA", "to DATA", cmd).await {
+            Ok(r) => r,
+            Err(e) => return deferred_all(format!("{mx}[{ip}]: {e}"), &results),
+        };
+        if data_reply.code != 354 {
+            return finish(results, &data_reply, caps);
+        }
+        let body = dot_stuff(&req.content);
+        for chunk in body.chunks(64 * 1024) {
+            if let Err(e) = conn.send(chunk, cmd).await {
+                return deferred_all(
+                    format!("{mx}[{ip}] while sending the message: {e}"),
+                    &results,
+                );
+            }
+        }
+        // RFC 5321 4.5.3.2.6 suggests 10 minutes for the reply to the final dot: the
+        // server may be scanning the message. Never less than the command timeout.
+        let final_limit = cmd.max(Duration::from_secs(600)).min(cmd * 4);
+        let final_reply = match conn.read_reply("to the end of data", final_limit).await {
+            Ok(r) => r,
+            Err(e) => {
+                return deferred_all(
+                    format!("{mx}[{ip}] after the message was sent: {e}"),
+                    &results,
+                )
+            }
+        };
+        finish(results, &final_reply, caps)
+    }
+}
+
+/// The outcome of a RCPT reply: `None` when accepted (its fate is decided at DATA).
+fn rcpt_outcome(reply: &Reply, _caps: &Capabilities) -> Option<RcptOutcome> {
+    if reply.is_positive() {
+        None
+    } else if reply.is_permanent() {
+        Some(RcptOutcome::Failed {
+            reply: reply.to_string(),
+            status: reply.status(),
+        })
+    } else {
+        Some(RcptOutcome::Deferred {
+            reply: reply.to_string(),
+            status: reply.status(),
+        })
+    }
+}
+
+/// Apply the DATA (or final-dot) reply to every recipient accepted at RCPT.
+fn finish(
+    results: Vec<Option<RcptOutcome>>,
+    reply: &Reply,
+    caps: &Capabilities,
+) -> (Vec<RcptOutcome>, String) {
+    let text = reply.to_string();
+    let outcomes = results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                if reply.is_positive() {
+                    RcptOutcome::Delivered {
+                        reply: text.clone(),
+                        remote_dsn: caps.dsn,
+                    }
+                } else if reply.is_permanent() {
+                    RcptOutcome::Failed {
+                        reply: text.clone(),
+                        status: reply.status(),
+                    }
+                } else {
+                    RcptOutcome::Deferred {
+                        reply: text.clone(),
+                        status: reply.status(),
+                    }
+                }
+            })
+        })
+        .collect();
+    (outcomes, text)
+}
+
+/// `MAIL FROM:<...>` with the parameters the server understands.
+fn mail_from_line(req: &DeliveryRequest, caps: &Capabilities) -> String {
+    let mut line = format!("MAIL FROM:<{}>", req.sender);
+    if caps.size.is_some() {
+        line.push_str(&format!(" SIZE={}", req.content.len()));
+    }
+    if req.body == BodyType::EightBitMime && caps.eight_bit_mime {
+        line.push_str(" BODY=8BITMIME");
+    }
+    if req.smtputf8 && caps.smtputf8 {
+        line.push_str(" SMTPUTF8");
+    }
+    if caps.dsn {
+        match req.ret {
+            Some(Ret::Full) => line.push_str(" RET=FULL"),
+            Some(Ret::Headers) => line.push_str(" RET=HDRS"),
+            None => {}
+        }
+        if let Some(envid) = &req.envid {
+            line.push_str(&format!(" ENVID={}", xtext(envid)));
+        }
+    }
+    line
+}
+
+/// `RCPT TO:<...>` with the DSN parameters when the server offers DSN (RFC 3461 4).
+fn rcpt_to_line(r: &super::RcptRequest, caps: &Capabilities) -> String {
+    let mut line = format!("RCPT TO:<{}>", r.address);
+    if caps.dsn {
+        if let Some(n) = r.notify {
+            if n.never {
+                line.push_str(" NOTIFY=NEVER");
+            } else {
+                let mut v = Vec::new();
+                if n.success {
+                    v.push("SUCCESS");
+                }
+                if n.failure {
+                    v.push("FAILURE");
+                }
+                if n.delay {
+                    v.push("DELAY");
+                }
+                if !v.is_empty() {
+                    line.push_str(&format!(" NOTIFY={}", v.join(",")));
+                }
+            }
+        }
+        if let Some(orcpt) = &r.orcpt {
+            // Stored as "addr-type;address" with the address decoded; encode it again.
+            match orcpt.split_once(';') {
+                Some((kind, addr)) => line.push_str(&format!(" ORCPT={kind};{}", xtext(addr))),
+                None => line.push_str(&format!(" ORCPT=rfc822;{}", xtext(orcpt))),
+            }
+        }
+    }
+    line
+}
+
+/// `[192.0.2.1]` or `[IPv6:2001:db8::1]` (RFC 5321 4.1.3).
+fn address_literal(domain: &str) -> Option<IpAddr> {
+    let inner = domain.strip_prefix('[')?.strip_suffix(']')?;
+    match inner.get(..5) {
+        Some(p) if p.eq_ignore_ascii_case("ipv6:") => inner[5..]
+            .parse::<std::net::Ipv6Addr>()
+            .ok()
+            .map(IpAddr::V6),
+        _ => inner.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4),
+    }
+}
+
+/// SNI and the name to verify: the MX host name (RFC 7672 and PKIX both check the
+/// name we looked up, never one the server chose); an address literal verifies as IP.
+fn server_name_for(mx: &str, ip: IpAddr) -> ServerName<'static> {
+    if address_literal(mx).is_some() {
+        return ServerName::IpAddress(ip.into());
+    }
+    ServerName::try_from(mx.to_string()).unwrap_or_else(|_| ServerName::IpAddress(ip.into()))
+}
+
+fn attempt_record(
+    mx: &str,
+    ip: &str,
+    tls: Option<TlsFacts>,
+    verdict: Option<TransportVerdict>,
+    reply: String,
+) -> Attempt {
+    Attempt {
+        at: now_secs(),
+        mx: mx.to_string(),
+        ip: ip.to_string(),
+        tls,
+        verdict,
+        reply,
+    }
+}
+
+/// The same outcome for every recipient (DNS result, no host reachable).
+fn all_same(
+    req: &DeliveryRequest,
+    permanent: bool,
+    status: &str,
+    reason: &str,
+    attempt: Attempt,
+) -> DeliveryReport {
+    let one = if permanent {
+        RcptOutcome::Failed {
+            reply: reason.to_string(),
+            status: status.to_string(),
+        }
+    } else {
+        RcptOutcome::Deferred {
+            reply: reason.to_string(),
+            status: status.to_string(),
+        }
+    };
+    DeliveryReport {
+        outcomes: vec![one; req.recipients.len()],
+        attempt,
+    }
+}
+
+fn log_attempt(req: &DeliveryRequest, report: &DeliveryReport) {
+    let a = &report.attempt;
+    let tls = a.tls.as_ref();
+    let (mut delivered, mut deferred, mut failed) = (0, 0, 0);
+    for o in &report.outcomes {
+        match o {
+            RcptOutcome::Delivered { .. } => delivered += 1,
+            RcptOutcome::Deferred { .. } => deferred += 1,
+            RcptOutcome::Failed { .. } => failed += 1,
+        }
+    }
+    tracing::info!(
+        queue_id = %req.id,
+        domain = %req.domain,
+        level = %req.level,
+        mx = %a.mx,
+        ip = %a.ip,
+        tls_version = tls.map(|t| t.version.as_str()).unwrap_or("none"),
+        cipher = tls.map(|t| t.cipher.as_str()).unwrap_or(""),
+        group = tls.and_then(|t| t.group.as_deref()).unwrap_or(""),
+        cert_sha256 = tls.and_then(|t| t.peer_cert_sha256.as_deref()).unwrap_or(""),
+        spki_sha256 = tls.and_then(|t| t.peer_spki_sha256.as_deref()).unwrap_or(""),
+        pkix = tls.is_some_and(|t| t.pkix_verified),
+        verdict = a.verdict.map(|v| v.as_str()).unwrap_or("none"),
+        delivered,
+        deferred,
+        failed,
+        reply = %a.reply,
+        "delivery attempt"
+    );
+}
+
+#[cfg(test)]
+mod tests;

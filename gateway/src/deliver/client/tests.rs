@@ -1,0 +1,831 @@
+//! The SMTP client against small SMTP servers on 127.0.0.1 (ephemeral ports), with
+//! rcgen certificates: CA-signed (trusted), self-signed (encrypted), none, and one
+//! that presents the right certificate but signs the handshake with another key.
+
+use super::*;
+use std::sync::Mutex;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use tokio::io::AsyncRead;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::deliver::RcptRequest;
+use crate::spool::record::{Notify, QueueId};
+
+const MX: &str = "mx1.example.test";
+
+// ---------------------------------------------------------------- certificates
+
+struct Pki {
+    ca_pem: String,
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "qrelay test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        Pki {
+            ca_pem: ca.pem(),
+            ca,
+        }
+    }
+
+    /// A leaf for `name` signed by the CA: (certificate, key).
+    fn leaf(&self, name: &str) -> (CertificateDer<'static>, rcgen::KeyPair) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .signed_by(&key, &self.ca)
+            .unwrap();
+        (cert.der().clone(), key)
+    }
+}
+
+fn self_signed(name: &str) -> (CertificateDer<'static>, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert.der().clone(), key)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn key_der(key: &rcgen::KeyPair) -> PrivateKeyDer<'static> {
+    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()))
+}
+
+fn server_tls(cert: CertificateDer<'static>, key: &rcgen::KeyPair) -> Arc<ServerConfig> {
+    Arc::new(
+        ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key_der(key))
+            .unwrap(),
+    )
+}
+
+/// Presents `cert` but holds a different key: the handshake signature cannot verify.
+#[derive(Debug)]
+struct ForeignKey(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for ForeignKey {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+fn server_tls_foreign_key(cert: CertificateDer<'static>) -> Arc<ServerConfig> {
+    let other = rcgen::KeyPair::generate().unwrap();
+    let signing = provider()
+        .key_provider
+        .load_private_key(key_der(&other))
+        .unwrap();
+    let certified = Arc::new(CertifiedKey::new(vec![cert], signing));
+    Arc::new(
+        ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(ForeignKey(certified))),
+    )
+}
+
+// ---------------------------------------------------------------- test server
+
+#[derive(Clone)]
+struct Spec {
+    greeting: String,
+    starttls: Option<Arc<ServerConfig>>,
+    ehlo_ok: bool,
+    extensions: Vec<&'static str>,
+    rcpt: fn(&str) -> String,
+    data_final: String,
+    /// Never say anything (for timeouts).
+    silent: bool,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Spec {
+            greeting: format!("220 {MX} ESMTP test"),
+            starttls: None,
+            ehlo_ok: true,
+            extensions: vec![
+                "PIPELINING",
+                "SIZE 10000000",
+                "8BITMIME",
+                "ENHANCEDSTATUSCODES",
+                "DSN",
+            ],
+            rcpt: |_| "250 2.1.5 Ok".into(),
+            data_final: "250 2.0.0 Ok: queued as 4711".into(),
+            silent: false,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Log {
+    commands: Vec<String>,
+    tls: bool,
+    handshake_failed: bool,
+    data: Option<Vec<u8>>,
+}
+
+type Logs = Arc<Mutex<Vec<Log>>>;
+
+async fn start(spec: Spec) -> (u16, Logs) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let logs: Logs = Arc::default();
+    let l = logs.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let spec = spec.clone();
+            let logs = l.clone();
+            tokio::spawn(async move {
+                let log = handle(tcp, &spec).await;
+                logs.lock().unwrap().push(log);
+            });
+        }
+    });
+    (port, logs)
+}
+
+enum Next {
+    Done,
+    StartTls,
+}
+
+async fn handle(tcp: TcpStream, spec: &Spec) -> Log {
+    let mut log = Log::default();
+    let mut rd = BufReader::new(tcp);
+    if spec.silent {
+        let mut sink = Vec::new();
+        let _ = rd.read_to_end(&mut sink).await;
+        return log;
+    }
+    if rd
+        .write_all(format!("{}\r\n", spec.greeting).as_bytes())
+        .await
+        .is_err()
+    {
+        return log;
+    }
+    if !spec.greeting.starts_with('2') {
+        let _ = run(&mut rd, spec, &mut log, false).await;
+        return log;
+    }
+    if let Next::StartTls = run(&mut rd, spec, &mut log, false).await {
+        let Some(cfg) = spec.starttls.clone() else {
+            return log;
+        };
+        match TlsAcceptor::from(cfg).accept(rd.into_inner()).await {
+            Ok(tls) => {
+                log.tls = true;
+                let mut rd = BufReader::new(tls);
+                let _ = run(&mut rd, spec, &mut log, true).await;
+            }
+            Err(_) => log.handshake_failed = true,
+        }
+    }
+    log
+}
+
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    rd: &mut BufReader<S>,
+    spec: &Spec,
+    log: &mut Log,
+    in_tls: bool,
+) -> Next {
+    loop {
+        let mut line = String::new();
+        match rd.read_line(&mut line).await {
+            Ok(0) | Err(_) => return Next::Done,
+            Ok(_) => {}
+        }
+        let cmd = line.trim_end().to_string();
+        log.commands.push(cmd.clone());
+        let upper = cmd.to_ascii_uppercase();
+        let reply = if upper.starts_with("EHLO") {
+            if !spec.ehlo_ok {
+                "502 5.5.2 EHLO not supported".to_string()
+            } else {
+                let mut lines = vec![MX.to_string()];
+                lines.extend(spec.extensions.iter().map(|s| s.to_string()));
+                if spec.starttls.is_some() && !in_tls {
+                    lines.push("STARTTLS".into());
+                }
+                let n = lines.len();
+                lines
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| format!("250{}{l}", if i + 1 == n { ' ' } else { '-' }))
+                    .collect::<Vec<_>>()
+                    .join("\r\n")
+            }
+        } else if upper.starts_with("HELO") {
+            format!("250 {MX}")
+        } else if upper == "STARTTLS" {
+            if spec.starttls.is_some() && !in_tls {
+                let _ = rd.write_all(b"220 2.0.0 Ready to start TLS\r\n").await;
+                return Next::StartTls;
+            }
+            "502 5.5.1 not here".into()
+        } else if upper.starts_with("MAIL FROM:") {
+            "250 2.1.0 Ok".into()
+        } else if upper.starts_with("RCPT TO:") {
+            let addr = cmd[8..]
+                .trim_start_matches('<')
+                .split('>')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            (spec.rcpt)(&addr)
+        } else if upper == "DATA" {
+            let _ = rd
+                .write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                .await;
+            let mut data = Vec::new();
+            loop {
+                let mut l = Vec::new();
+                match rd.read_until(b'\n', &mut l).await {
+                    Ok(0) | Err(_) => return Next::Done,
+                    Ok(_) => {}
+                }
+                if l == b".\r\n" {
+                    break;
+                }
+                data.extend_from_slice(&l);
+            }
+            log.data = Some(data);
+            spec.data_final.clone()
+        } else if upper == "QUIT" {
+            let _ = rd.write_all(b"221 2.0.0 Bye\r\n").await;
+            return Next::Done;
+        } else if upper == "RSET" {
+            "250 2.0.0 Ok".into()
+        } else {
+            "500 5.5.2 unknown command".into()
+        };
+        if rd
+            .write_all(format!("{reply}\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            return Next::Done;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- client side
+
+fn deliverer(port: u16, ca_file: Option<&std::path::Path>) -> Deliverer {
+    let mut cfg = Config::default();
+    cfg.delivery.port = port;
+    cfg.delivery.helo_name = "qrelay.test".into();
+    cfg.delivery.connect_timeout = Duration::from_secs(3);
+    cfg.delivery.command_timeout = Duration::from_secs(3);
+    cfg.dns.servers = vec!["127.0.10.54:53".parse().unwrap()];
+    cfg.tls.ca_file = ca_file.map(|p| p.to_owned());
+    Deliverer::new(Arc::new(cfg)).expect("deliverer")
+}
+
+fn request(level: Level, rcpts: &[&str]) -> DeliveryRequest {
+    DeliveryRequest {
+        id: QueueId::generate(),
+        domain: "example.test".into(),
+        sender: "alice@sender.test".into(),
+        recipients: rcpts
+            .iter()
+            .map(|a| RcptRequest {
+                address: a.to_string(),
+                orcpt: Some(format!("rfc822;{a}")),
+                notify: Some(Notify {
+                    failure: true,
+                    delay: true,
+                    ..Default::default()
+                }),
+            })
+            .collect(),
+        body: BodyType::EightBitMime,
+        smtputf8: false,
+        ret: Some(Ret::Headers),
+        envid: Some("env id+1".into()),
+        level,
+        content: Arc::new(b"Subject: hi\r\n\r\n.leading dot\r\nbody\r\n".to_vec()),
+    }
+}
+
+fn local(mx: &str) -> Vec<Target> {
+    vec![Target {
+        mx: mx.into(),
+        addrs: vec!["127.0.0.1".parse().unwrap()],
+    }]
+}
+
+async fn logs_settled(logs: &Logs, n: usize) -> Vec<Log> {
+    for _ in 0..100 {
+        if logs.lock().unwrap().len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    logs.lock().unwrap().clone()
+}
+
+fn delivered(o: &RcptOutcome) -> bool {
+    matches!(o, RcptOutcome::Delivered { .. })
+}
+
+fn status_of(o: &RcptOutcome) -> &str {
+    match o {
+        RcptOutcome::Deferred { status, .. } | RcptOutcome::Failed { status, .. } => status,
+        RcptOutcome::Delivered { .. } => "2.0.0",
+    }
+}
+
+fn reply_of(o: &RcptOutcome) -> &str {
+    match o {
+        RcptOutcome::Deferred { reply, .. }
+        | RcptOutcome::Failed { reply, .. }
+        | RcptOutcome::Delivered { reply, .. } => reply,
+    }
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test]
+async fn encrypted_over_self_signed_starttls() {
+    let (cert, key) = self_signed(MX);
+    let (port, logs) = start(Spec {
+        starttls: Some(server_tls(cert.clone(), &key)),
+        ..Default::default()
+    })
+    .await;
+    let d = deliverer(port, None);
+    let report = d
+        .deliver_to(
+            &request(Level::Encrypted, &["bob@example.test"]),
+            &local(MX),
+        )
+        .await;
+    assert!(delivered(&report.outcomes[0]), "{report:?}");
+    assert_eq!(
+        report.outcomes[0],
+        RcptOutcome::Delivered {
+            reply: "250 2.0.0 Ok: queued as 4711".into(),
+            remote_dsn: true
+        }
+    );
+    let a = &report.attempt;
+    assert_eq!((a.mx.as_str(), a.ip.as_str()), (MX, "127.0.0.1"));
+    assert_eq!(a.verdict, Some(TransportVerdict::Encrypted));
+    let tls = a.tls.as_ref().expect("tls facts");
+    assert_eq!(tls.version, "TLSv1.3");
+    assert!(tls.cipher.starts_with("TLS13_"), "{}", tls.cipher);
+    assert!(tls.group.is_some());
+    assert!(!tls.pkix_verified);
+    let (fp, spki) = crate::tls::client::cert_fingerprints(&cert);
+    assert_eq!(tls.peer_cert_sha256.as_deref(), Some(fp.as_str()));
+    assert_eq!(tls.peer_spki_sha256, spki);
+
+    let log = &logs_settled(&logs, 1).await[0];
+    assert!(log.tls);
+    // EHLO before and after STARTTLS (RFC 3207 4.2); MAIL only inside TLS.
+    let ehlos = log
+        .commands
+        .iter()
+        .filter(|c| c.starts_with("EHLO qrelay.test"))
+        .count();
+    assert_eq!(ehlos, 2, "{:?}", log.commands);
+    assert!(log.commands.contains(&"STARTTLS".to_string()));
+    let mail = log.commands.iter().find(|c| c.starts_with("MAIL")).unwrap();
+    assert_eq!(
+        mail,
+        &format!(
+            "MAIL FROM:<alice@sender.test> SIZE={} BODY=8BITMIME RET=HDRS ENVID=env+20id+2B1",
+            request(Level::May, &[]).content.len()
+        )
+    );
+    let rcpt = log.commands.iter().find(|c| c.starts_with("RCPT")).unwrap();
+    assert_eq!(
+        rcpt,
+        "RCPT TO:<bob@example.test> NOTIFY=FAILURE,DELAY ORCPT=rfc822;bob@example.test"
+    );
+    // Dot-stuffed on the wire, so the server un-stuffs to the original lines.
+    assert_eq!(
+        log.data.as_deref(),
+        Some(&b"Subject: hi\r\n\r\n..leading dot\r\nbody\r\n"[..])
+    );
+}
+
+#[tokio::test]
+async fn a2_encrypted_defers_when_no_starttls_is_offered() {
+    let (port, logs) = start(Spec::default()).await;
+    let d = deliverer(port, None);
+    let report = d
+        .deliver_to(
+            &request(Level::Encrypted, &["bob@example.test"]),
+            &local(MX),
+        )
+        .await;
+    match &report.outcomes[0] {
+        RcptOutcome::Deferred { reply, status } => {
+            assert_eq!(status, "4.7.5");
+            assert_eq!(
+                reply,
+                "mx1.example.test offers no STARTTLS; level encrypted requires TLS"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(report.attempt.verdict, Some(TransportVerdict::Plaintext));
+    let log = &logs_settled(&logs, 1).await[0];
+    assert!(
+        !log.commands.iter().any(|c| c.starts_with("MAIL")),
+        "never sent in plaintext: {:?}",
+        log.commands
+    );
+    assert!(log.data.is_none());
+}
+
+#[tokio::test]
+async fn may_delivers_plaintext_without_starttls() {
+    let (port, logs) = start(Spec::default()).await;
+    let d = deliverer(port, None);
+    let report = d
+        .deliver_to(&request(Level::May, &["bob@example.test"]), &local(MX))
+        .await;
+    assert!(delivered(&report.outcomes[0]), "{report:?}");
+    assert_eq!(report.attempt.verdict, Some(TransportVerdict::Plaintext));
+    assert!(report.attempt.tls.is_none());
+    assert!(logs_settled(&logs, 1).await[0].data.is_some());
+}
+
+#[tokio::test]
+async fn trusted_with_ca_signed_certificate() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let (cert, key) = pki.leaf(MX);
+    let (port, _logs) = start(Spec {
+        starttls: Some(server_tls(cert, &key)),
+        ..Default::default()
+    })
+    .await;
+    let d = deliverer(port, Some(&ca));
+    let report = d
+        .deliver_to(&request(Level::Trusted, &["bob@example.test"]), &local(MX))
+        .await;
+    assert!(delivered(&report.outcomes[0]), "{report:?}");
+    assert_eq!(report.attempt.verdict, Some(TransportVerdict::Trusted));
+    assert!(report.attempt.tls.as_ref().unwrap().pkix_verified);
+
+    // The same server at level `encrypted` is recorded as PKIX-verifiable too.
+    let report = d
+        .deliver_to(
+            &request(Level::Encrypted, &["bob@example.test"]),
+            &local(MX),
+        )
+        .await;
+    assert_eq!(report.attempt.verdict, Some(TransportVerdict::Trusted));
+    assert!(report.attempt.tls.as_ref().unwrap().pkix_verified);
+}
+
+#[tokio::test]
+async fn trusted_defers_on_untrusted_certificate() {
+    let (cert, key) = self_signed(MX);
+    let (port, logs) = start(Spec {
+        starttls: Some(server_tls(cert, &key)),
+        ..Default::default()
+    })
+    .await;
+    let d = deliverer(port, None);
+    let report = d
+        .deliver_to(&request(Level::Trusted, &["bob@example.test"]), &local(MX))
+        .await;
+    match &report.outcomes[0] {
+        RcptOutcome::Deferred { reply, status } => {
+            assert_eq!(status, "4.7.5");
+            assert!(reply.contains(MX), "{reply}");
+            assert!(reply.contains("certificate not trusted"), "{reply}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let log = &logs_settled(&logs, 1).await[0];
+    assert!(!log.commands.iter().any(|c| c.starts_with("MAIL")));
+}
+
+#[tokio::test]
+async fn trusted_defers_on_name_mismatch() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let (cert, key) = pki.leaf("other.example.test");
+    let (port, _logs) = start(Spec {
+        starttls: Some(server_tls(cert, &key)),
+        ..Default::default()
+    })
+    .await;
+    let d = deliverer(port, Some(&ca));
+    let report = d
+        .deliver_to(&request(Level::Trusted, &["bob@example.test"]), &local(MX))
+        .await;
+    let reply = reply_of(&report.outcomes[0]);
+    assert_eq!(status_of(&report.outcomes[0]), "4.7.5");
+    assert!(
+        reply.contains("name mismatch") && reply.contains(MX),
+        "{reply}"
+    );
+
+    // At `encrypted` it is delivered, and the facts say PKIX did not verify.
+    let report = d
+        .deliver_to(
+            &request(Level::Encrypted, &["bob@example.test"]),
+            &local(MX),
+        )
+        .await;
+    assert!(delivered(&report.outcomes[0]));
+    assert_eq!(report.attempt.verdict, Some(TransportVerdict::Encrypted));
+    assert!(!report.attempt.tls.as_ref().unwrap().pkix_verified);
+}
+
+#[tokio::test]
+async fn d10_handshake_signed_with_foreign_key_is_refused() {
+    let (cert, _real_key) = self_signed(MX);
+    let (port, logs) = start(Spec {
+        starttls: Some(server_tls_foreign_key(cert)),
+        ..Default::default()
+    })
+    .await;
+    let d = deliverer(port, None);
+    let report = d
+        .deliver_to(
+            &request(Level::Encrypted, &["bob@example.test"]),
+            &local(MX),
+        )
+        .await;
+    match &report.outcomes[0] {
+        RcptOutcome::Deferred { reply, status } => {
+            assert_eq!(status, "4.7.5");
+            assert!(reply.contains("signature"), "{reply}");
+        }
+        other => panic!("replayed certificate accepted: {other:?}"),
+    }
+    assert!(report.attempt.tls.is_none());
+    let log = &logs_settled(&logs, 1).await[0];
+    assert!(!log.commands.iter().any(|c| c.starts_with("MAIL")));
+
+    // `may` falls back to plaintext on a new connection (RFC 7435) and says so.
+    let report = d
+        .deliver_to(&request(Level::May, &["bob@example.test"]), &local(MX))
+        .await;
+    assert!(delivered(&report.outcomes[0]), "{report:?}");
+    assert_eq!(report.attempt.verdict, Some(TransportVerdict::Plaintext));
+    assert!(report.attempt.tls.is_none());
+}
+
+#[tokio::test]
+async fn per_recipient_replies_with_pipelining() {
+    let (port, logs) = start(Spec {
+        rcpt: |a| match a {
+            a if a.starts_with("ok") => "250 2.1.5 Ok".into(),
+            a if a.starts_with("later") => "450 4.2.1 Mailbox busy".into(),
+            _ => "550 5.1.1 No such user".into(),
+        },
+        ..Default::default()
+    })
+    .await;
+    let d = deliverer(port, None);
+    let req = request(
+        Level::May,
+        &["ok@example.test", "later@example.test", "gone@example.test"],
+    );
+    let report = d.deliver_to(&req, &local(MX)).await;
+    assert!(delivered(&report.outcomes[0]));
+    assert_eq!(
+        report.outcomes[1],
+        RcptOutcome::Deferred {
+            reply: "450 4.2.1 Mailbox busy".into(),
+            status: "4.2.1".into()
+        }
+    );
+    assert_eq!(
+        report.outcomes[2],
+        RcptOutcome::Failed {
+            reply: "550 5.1.1 No such user".into(),
+            status: "5.1.1".into()
+        }
+    );
+    let log = &logs_settled(&logs, 1).await[0];
+    assert!(log.data.is_some());
+}
+
+#[tokio::test]
+async fn no_data_when_no_recipient_is_accepted() {
+    let (port, logs) = start(Spec {
+        rcpt: |_| "550 5.1.1 No such user".into(),
+        extensions: vec![],
+        ..Default::default()
+    })
+    .await;
+    let d = deliverer(port, None);
+    let report = d
+        .deliver_to(
+            &request(Level::May, &["a@example.test", "b@example.test"]),
+            &local(MX),
+        )
+        .await;
+    assert!(report.outcomes.iter().all(|o| status_of(o) == "5.1.1"));
+    let log = &logs_settled(&logs, 1).await[0];
+    assert!(!log.commands.iter().any(|c| c == "DATA"));
+    // Without DSN support no DSN parameters are sent.
+    assert!(log
+        .commands
+        .iter()
+        .any(|c| c == "MAIL FROM:<alice@sender.test>"));
+}
+
+#[tokio::test]
+async fn data_reply_applies_to_accepted_recipients() {
+    let (port, _logs) = start(Spec {
+        data_final: "554 5.6.0 Content rejected".into(),
+        ..Default::default()
+    })
+    .await;
+    let d = deliverer(port, None);
+    let report = d
+        .deliver_to(
+            &request(Level::May, &["a@example.test", "b@example.test"]),
+            &local(MX),
+        )
+        .await;
+    for o in &report.outcomes {
+        assert_eq!(
+            o,
+            &RcptOutcome::Failed {
+                reply: "554 5.6.0 Content rejected".into(),
+                status: "5.6.0".into()
+            }
+        );
+    }
+}
+
+#[tokio::test]
+async fn next_host_after_refused_connection_and_4xx_greeting() {
+    let (busy_port, _l1) = start(Spec {
+        greeting: "421 4.3.2 too busy".into(),
+        ..Default::default()
+    })
+    .await;
+    let busy = busy_port;
+    // Nothing listens on 127.0.0.2 at this port: connection refused.
+    let (port, logs) = start(Spec::default()).await;
+    let d = deliverer(port, None);
+    let targets = vec![
+        Target {
+            mx: "down.example.test".into(),
+            addrs: vec!["127.0.0.2".parse().unwrap()],
+        },
+        Target {
+            mx: MX.into(),
+            addrs: vec!["127.0.0.1".parse().unwrap()],
+        },
+    ];
+    let report = d
+        .deliver_to(&request(Level::May, &["a@example.test"]), &targets)
+        .await;
+    assert!(delivered(&report.outcomes[0]), "{report:?}");
+    assert_eq!(report.attempt.mx, MX);
+    assert_eq!(logs_settled(&logs, 1).await.len(), 1);
+
+    // A 4xx greeting also moves on; when no host is left the message is deferred.
+    let d = deliverer(busy, None);
+    let report = d
+        .deliver_to(&request(Level::May, &["a@example.test"]), &local(MX))
+        .await;
+    assert_eq!(status_of(&report.outcomes[0]), "4.3.2");
+    assert!(reply_of(&report.outcomes[0]).contains("421 4.3.2 too busy"));
+}
+
+#[tokio::test]
+async fn smtputf8_needed_but_not_offered_fails_permanently() {
+    let (port, logs) = start(Spec::default()).await;
+    let d = deliverer(port, None);
+    let mut req = request(Level::May, &["jörg@example.test"]);
+    req.smtputf8 = true;
+    let report = d.deliver_to(&req, &local(MX)).await;
+    match &report.outcomes[0] {
+        RcptOutcome::Failed { status, reply } => {
+            assert_eq!(status, "5.6.7");
+            assert!(reply.contains("SMTPUTF8"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let log = &logs_settled(&logs, 1).await[0];
+    assert!(!log.commands.iter().any(|c| c.starts_with("MAIL")));
+}
+
+#[tokio::test]
+async fn smtputf8_parameter_sent_when_offered() {
+    let (port, logs) = start(Spec {
+        extensions: vec!["SMTPUTF8", "8BITMIME"],
+        ..Default::default()
+    })
+    .await;
+    let d = deliverer(port, None);
+    let mut req = request(Level::May, &["jörg@example.test"]);
+    req.smtputf8 = true;
+    let report = d.deliver_to(&req, &local(MX)).await;
+    assert!(delivered(&report.outcomes[0]), "{report:?}");
+    let log = &logs_settled(&logs, 1).await[0];
+    let mail = log.commands.iter().find(|c| c.starts_with("MAIL")).unwrap();
+    assert!(mail.ends_with("BODY=8BITMIME SMTPUTF8"), "{mail}");
+}
+
+#[tokio::test]
+async fn helo_fallback_only_for_may() {
+    let (port, _logs) = start(Spec {
+        ehlo_ok: false,
+        ..Default::default()
+    })
+    .await;
+    let d = deliverer(port, None);
+    let report = d
+        .deliver_to(&request(Level::May, &["a@example.test"]), &local(MX))
+        .await;
+    assert!(delivered(&report.outcomes[0]), "{report:?}");
+    let report = d
+        .deliver_to(&request(Level::Encrypted, &["a@example.test"]), &local(MX))
+        .await;
+    assert!(
+        matches!(report.outcomes[0], RcptOutcome::Deferred { .. }),
+        "{report:?}"
+    );
+}
+
+#[tokio::test]
+async fn silent_server_times_out_and_defers() {
+    let (port, _logs) = start(Spec {
+        silent: true,
+        ..Default::default()
+    })
+    .await;
+    let mut cfg = Config::default();
+    cfg.delivery.port = port;
+    cfg.delivery.command_timeout = Duration::from_millis(300);
+    cfg.dns.servers = vec!["127.0.10.54:53".parse().unwrap()];
+    let d = Deliverer::new(Arc::new(cfg)).unwrap();
+    let report = d
+        .deliver_to(&request(Level::May, &["a@example.test"]), &local(MX))
+        .await;
+    match &report.outcomes[0] {
+        RcptOutcome::Deferred { status, reply } => {
+            assert_eq!(status, "4.4.2");
+            assert!(reply.contains("no answer"), "{reply}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn transport_delivers_to_an_address_literal() {
+    let (port, logs) = start(Spec::default()).await;
+    let d = deliverer(port, None);
+    let mut req = request(Level::May, &["bob@[127.0.0.1]"]);
+    req.domain = "[127.0.0.1]".into();
+    let transport: &dyn Transport = &d;
+    let report = transport.deliver(req).await;
+    assert!(delivered(&report.outcomes[0]), "{report:?}");
+    assert_eq!(report.attempt.ip, "127.0.0.1");
+    assert_eq!(logs_settled(&logs, 1).await.len(), 1);
+}
+
+#[test]
+fn address_literals() {
+    assert_eq!(
+        address_literal("[127.0.0.1]"),
+        Some("127.0.0.1".parse().unwrap())
+    );
+    assert_eq!(address_literal("[IPv6:::1]"), Some("::1".parse().unwrap()));
+    assert_eq!(address_literal("example.test"), None);
+    assert_eq!(address_literal("[999.0.0.1]"), None);
+}
