@@ -666,6 +666,138 @@ mod tests {
         assert_eq!(r.temp_error.as_deref(), Some("timeout"));
     }
 
+    /// A tiny authoritative-style DNS responder on 127.0.0.1 (UDP), answering from a
+    /// fixed table, so the resolver's classification is checked against what hickory
+    /// really returns for NXDOMAIN, NODATA and SERVFAIL.
+    async fn fake_dns() -> std::net::SocketAddr {
+        use hickory_resolver::proto::op::{Message, OpCode};
+        use hickory_resolver::proto::rr::rdata::MX;
+
+        enum Ans {
+            Rr(Vec<RData>),
+            NoData,
+            Nx,
+            ServFail,
+        }
+        fn n(s: &str) -> Name {
+            Name::from_ascii(s).unwrap()
+        }
+        fn table(name: &str, t: RecordType) -> Ans {
+            use RecordType as T;
+            let mx = |p: u16, h: &str| RData::MX(MX::new(p, n(h)));
+            let a = |d: u8| RData::A(A::new(127, 0, 0, d));
+            match (name, t) {
+                ("mx.example.test.", T::MX) => Ans::Rr(vec![
+                    mx(20, "backup.example.test."),
+                    mx(10, "mx1.example.test."),
+                    mx(10, "mx2.example.test."),
+                ]),
+                ("null.example.test.", T::MX) => Ans::Rr(vec![mx(0, ".")]),
+                ("nx.example.test.", _) => Ans::Nx,
+                ("fail.example.test.", _) => Ans::ServFail,
+                ("implicit.example.test.", T::A) => Ans::Rr(vec![a(5)]),
+                ("mx1.example.test.", T::A) => Ans::Rr(vec![a(11)]),
+                ("mx2.example.test.", T::AAAA) => {
+                    Ans::Rr(vec![RData::AAAA(AAAA::new(0, 0, 0, 0, 0, 0, 0, 1))])
+                }
+                _ => Ans::NoData,
+            }
+        }
+
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok((len, peer)) = sock.recv_from(&mut buf).await {
+                let Ok(req) = Message::from_vec(&buf[..len]) else {
+                    continue;
+                };
+                let Some(q) = req.queries.first().cloned() else {
+                    continue;
+                };
+                let mut resp = Message::response(req.metadata.id, OpCode::Query);
+                resp.metadata.recursion_desired = true;
+                resp.metadata.recursion_available = true;
+                resp.add_query(q.clone());
+                let qname = q.name().to_ascii().to_ascii_lowercase();
+                match table(&qname, q.query_type()) {
+                    Ans::Rr(rdatas) => {
+                        for rd in rdatas {
+                            resp.add_answer(Record::from_rdata(q.name().clone(), 60, rd));
+                        }
+                    }
+                    Ans::NoData => {}
+                    Ans::Nx => resp.metadata.response_code = ResponseCode::NXDomain,
+                    Ans::ServFail => resp.metadata.response_code = ResponseCode::ServFail,
+                }
+                if let Ok(bytes) = resp.to_vec() {
+                    let _ = sock.send_to(&bytes, peer).await;
+                }
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn resolver_against_a_local_dns_server() {
+        let server = fake_dns().await;
+        let r = Resolver::from_config(&DnsConfig {
+            servers: vec![server],
+            timeout: Duration::from_secs(1),
+        })
+        .unwrap();
+
+        match r.resolve_mx("MX.example.test").await {
+            MxResult::Hosts {
+                hosts, implicit, ..
+            } => {
+                assert!(!implicit);
+                let names: Vec<_> = hosts.iter().map(|h| h.name.as_str()).collect();
+                assert_eq!(names.len(), 3);
+                assert!(names[..2].contains(&"mx1.example.test"));
+                assert!(names[..2].contains(&"mx2.example.test"));
+                assert_eq!(names[2], "backup.example.test");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            r.resolve_mx("null.example.test").await,
+            MxResult::NullMx { .. }
+        ));
+        assert!(matches!(
+            r.resolve_mx("nx.example.test").await,
+            MxResult::NoSuchDomain { .. }
+        ));
+        assert!(matches!(
+            r.resolve_mx("fail.example.test").await,
+            MxResult::TempFail { .. }
+        ));
+        assert!(matches!(
+            r.resolve_mx("nomail.example.test").await,
+            MxResult::NoMailHost { .. }
+        ));
+        match r.resolve_mx("implicit.example.test.").await {
+            MxResult::Hosts {
+                hosts,
+                implicit,
+                addresses,
+                ..
+            } => {
+                assert!(implicit);
+                assert_eq!(hosts[0].name, "implicit.example.test");
+                assert_eq!(addresses, vec!["127.0.0.5".parse::<IpAddr>().unwrap()]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Loopback addresses are kept; both families are asked.
+        let a = r.resolve_addrs("mx1.example.test").await;
+        assert_eq!(a.addrs, vec!["127.0.0.11".parse::<IpAddr>().unwrap()]);
+        let a = r.resolve_addrs("mx2.example.test").await;
+        assert_eq!(a.addrs, vec!["::1".parse::<IpAddr>().unwrap()]);
+        let a = r.resolve_addrs("fail.example.test").await;
+        assert!(a.addrs.is_empty() && a.temp_error.is_some());
+    }
+
     #[test]
     fn resolver_builds_for_configured_upstream() {
         let cfg = DnsConfig {
