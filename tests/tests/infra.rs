@@ -113,3 +113,25 @@ fn ca_mx_certificate_verifies_against_test_ca() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
 }
+
+#[test]
+fn smtp_client_reports_per_recipient_replies() {
+    let infra = Infra::get();
+    let tok = token("client");
+    let ok = format!("{tok}@ca.example.test");
+    let rcpts = [
+        ok.as_str(),
+        "reject550@ca.example.test",
+        "defer450@ca.example.test",
+    ];
+    let msg = qrelay_tests::build_message("s@lan.test", &rcpts, &tok, ".leading dot\nbody");
+    let t = qrelay_tests::send_mail(Mx::Ca.addr(), "s@lan.test", &rcpts, &msg).unwrap();
+    assert_eq!(t.codes(), vec![250, 250, 550, 450, 354, 250], "{t:?}");
+    assert!(t.queue_id().is_some());
+    let m = infra
+        .mailbox(Mx::Ca)
+        .wait_for_token(&tok, Duration::from_secs(20))
+        .unwrap();
+    assert!(m.body().contains("\n.leading dot\n") || m.body().starts_with(".leading dot"));
+    assert_eq!(m.header("X-Test-Token").as_deref(), Some(tok.as_str()));
+}
