@@ -89,6 +89,33 @@ impl ResolvesServerCert for ForeignKey {
     }
 }
 
+fn server_tls12(cert: CertificateDer<'static>, key: &rcgen::KeyPair) -> Arc<ServerConfig> {
+    Arc::new(
+        ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key_der(key))
+            .unwrap(),
+    )
+}
+
+fn server_tls12_foreign_key(cert: CertificateDer<'static>) -> Arc<ServerConfig> {
+    let other = rcgen::KeyPair::generate().unwrap();
+    let signing = provider()
+        .key_provider
+        .load_private_key(key_der(&other))
+        .unwrap();
+    let certified = Arc::new(CertifiedKey::new(vec![cert], signing));
+    Arc::new(
+        ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(ForeignKey(certified))),
+    )
+}
+
 fn server_tls_foreign_key(cert: CertificateDer<'static>) -> Arc<ServerConfig> {
     let other = rcgen::KeyPair::generate().unwrap();
     let signing = provider()
@@ -601,6 +628,48 @@ async fn d10_handshake_signed_with_foreign_key_is_refused() {
     assert!(delivered(&report.outcomes[0]), "{report:?}");
     assert_eq!(report.attempt.verdict, Some(TransportVerdict::Plaintext));
     assert!(report.attempt.tls.is_none());
+}
+
+#[tokio::test]
+async fn tls12_session_is_encrypted_and_recorded() {
+    let (cert, key) = self_signed(MX);
+    let (port, _logs) = start(Spec {
+        starttls: Some(server_tls12(cert, &key)),
+        ..Default::default()
+    })
+    .await;
+    let d = deliverer(port, None);
+    let report = d
+        .deliver_to(
+            &request(Level::Encrypted, &["bob@example.test"]),
+            &local(MX),
+        )
+        .await;
+    assert!(delivered(&report.outcomes[0]), "{report:?}");
+    let tls = report.attempt.tls.as_ref().unwrap();
+    assert_eq!(tls.version, "TLSv1.2");
+    assert!(tls.cipher.starts_with("TLS_ECDHE_"), "{}", tls.cipher);
+}
+
+#[tokio::test]
+async fn d10_tls12_handshake_signed_with_foreign_key_is_refused() {
+    let (cert, _real_key) = self_signed(MX);
+    let (port, logs) = start(Spec {
+        starttls: Some(server_tls12_foreign_key(cert)),
+        ..Default::default()
+    })
+    .await;
+    let d = deliverer(port, None);
+    let report = d
+        .deliver_to(
+            &request(Level::Encrypted, &["bob@example.test"]),
+            &local(MX),
+        )
+        .await;
+    assert_eq!(status_of(&report.outcomes[0]), "4.7.5", "{report:?}");
+    assert!(matches!(report.outcomes[0], RcptOutcome::Deferred { .. }));
+    let log = &logs_settled(&logs, 1).await[0];
+    assert!(!log.commands.iter().any(|c| c.starts_with("MAIL")));
 }
 
 #[tokio::test]
