@@ -69,8 +69,8 @@ pub enum DsnKind {
 /// A DSN ready to be queued as a new message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dsn {
-    /// The envelope sender of the DSN: always the null reverse-path "" (RFC 3461
-    /// section 6.2), so that a DSN never causes another DSN.
+    /// The envelope sender of the DSN: always the null reverse-path "" (RFC 3464
+    /// section 2, RFC 5321 section 4.5.5), so that a DSN never causes another DSN.
     pub sender: String,
     /// The envelope recipient: the original message's sender.
     pub recipient: String,
@@ -133,8 +133,8 @@ pub fn build_dsn_with(
     now: u64,
     opts: &DsnOptions,
 ) -> Option<Dsn> {
-    // RFC 5321 section 4.5.5 / RFC 3461 section 6.2: never notify the null sender.
-    if env.sender.is_empty() || env.is_bounce() {
+    // RFC 5321 sections 4.5.5 and 6.1: never notify the null reverse-path.
+    if env.is_bounce() {
         return None;
     }
     // RFC 3461 section 4.1: NOTIFY decides, per recipient, which notices are wanted.
@@ -234,7 +234,7 @@ pub fn build_dsn_with(
     out.push_str("\r\n");
     out.push_str(&report);
 
-    // Part 3 (RFC 6522 section 3, RFC 3462/6522 text/rfc822-headers): the original.
+    // Part 3 (RFC 6522 section 3): the original, or only its header.
     let mut content = out.into_bytes();
     let mut part = String::new();
     part.push_str(&format!("\r\n--{boundary}\r\n"));
@@ -257,7 +257,7 @@ pub fn build_dsn_with(
         mime::push_field(&mut part, "Content-Type", ct);
     } else {
         mime::push_field(&mut part, "Content-Description", "Message headers");
-        // RFC 6522 section 4 (text/rfc822-headers); RFC 6533 section 6.3 (global).
+        // text/rfc822-headers is RFC 6522's; message/global-headers RFC 6533's.
         let ct = if global {
             "message/global-headers"
         } else {
@@ -336,9 +336,7 @@ fn original_message_id(original: &[u8]) -> Option<String> {
     let (headers, _) = split_header(original);
     let msg = mail_parser::MessageParser::default().parse_headers(headers)?;
     let id = mime::clean(msg.message_id()?, true);
-    let ok = !id.is_empty()
-        && id.len() < 250
-        && !id.contains([' ', '<', '>']);
+    let ok = !id.is_empty() && id.len() < 250 && !id.contains([' ', '<', '>']);
     ok.then(|| format!("<{id}>"))
 }
 

@@ -603,3 +603,24 @@ fn utf8_address_in_ascii_report_is_escaped() {
         Some("utf-8; s\\x{F8}ren@example.dk")
     );
 }
+
+#[test]
+#[ignore = "prints a sample DSN for a person to read"]
+fn print_sample() {
+    let env = envelope("alice@example.com");
+    let r1 = failed(
+        "bob@example.org",
+        "550 5.1.1 <bob@example.org>: no such user",
+        "5.1.1",
+    );
+    let dsn = build_dsn(
+        "gw.example.com",
+        &env,
+        &[&r1],
+        DsnKind::Failure,
+        &original(),
+        NOW,
+    )
+    .expect("dsn");
+    println!("{}", String::from_utf8_lossy(&dsn.content));
+}

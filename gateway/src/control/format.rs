@@ -116,8 +116,8 @@ pub fn format_list(envs: &[Envelope], now: u64) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<16}  {:<20}  {:<10}  {:>10}  SENDER",
-        "QUEUE ID", "ARRIVED", "", "SIZE"
+        "{:<16}  {:<32}  {:>10}  SENDER",
+        "QUEUE ID", "ARRIVED", "SIZE"
     );
     let _ = writeln!(
         out,
@@ -127,12 +127,16 @@ pub fn format_list(envs: &[Envelope], now: u64) -> String {
     let mut pending = 0usize;
     let mut rcpts = 0usize;
     for env in envs {
+        let arrived = format!(
+            "{} ({})",
+            absolute(env.received_at),
+            ago(env.received_at, now)
+        );
         let _ = writeln!(
             out,
-            "{:<16}  {:<20}  {:<10}  {:>10}  {}",
+            "{:<16}  {:<32}  {:>10}  {}",
             env.id,
-            absolute(env.received_at),
-            ago(env.received_at, now),
+            arrived,
             size(env.size),
             sender(env)
         );

@@ -386,20 +386,7 @@ impl Client {
     pub async fn connect(path: &Path) -> Result<Client, ControlError> {
         let stream = UnixStream::connect(path)
             .await
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
-                    ControlError::NotRunning {
-                        path: path.to_owned(),
-                    }
-                }
-                io::ErrorKind::PermissionDenied => ControlError::PermissionDenied {
-                    path: path.to_owned(),
-                },
-                _ => ControlError::Connect {
-                    path: path.to_owned(),
-                    source: e,
-                },
-            })?;
+            .map_err(|e| connect_error(path, e))?;
         Ok(Client {
             stream,
             path: path.to_owned(),
@@ -427,6 +414,23 @@ impl Client {
                 Err(ControlError::Timeout(CLIENT_TIMEOUT))
             }
         }
+    }
+}
+
+/// Name the likely cause of a failed connect for the admin.
+fn connect_error(path: &Path, e: io::Error) -> ControlError {
+    match e.kind() {
+        // No socket file, or a file nobody listens on: the relay is not running.
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ControlError::NotRunning {
+            path: path.to_owned(),
+        },
+        io::ErrorKind::PermissionDenied => ControlError::PermissionDenied {
+            path: path.to_owned(),
+        },
+        _ => ControlError::Connect {
+            path: path.to_owned(),
+            source: e,
+        },
     }
 }
 

@@ -388,6 +388,19 @@ async fn client_errors_are_clear() {
     assert!(matches!(err, ControlError::NotRunning { .. }));
 }
 
+#[test]
+fn connect_errors_name_the_cause() {
+    let p = Path::new("/run/qrelay/control.sock");
+    let denied = connect_error(p, io::Error::from(io::ErrorKind::PermissionDenied));
+    assert!(matches!(denied, ControlError::PermissionDenied { .. }));
+    let text = denied.to_string();
+    assert!(text.contains("permission denied") && text.contains("/run/qrelay/control.sock"));
+    let refused = connect_error(p, io::Error::from(io::ErrorKind::ConnectionRefused));
+    assert!(refused
+        .to_string()
+        .contains("is the relay running? socket /run/qrelay/control.sock"));
+}
+
 #[tokio::test]
 async fn permission_denied_is_reported() {
     // Root bypasses file permissions; the check is only meaningful for other users.
@@ -470,4 +483,11 @@ fn show_has_everything() {
     ] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }
+}
+
+#[test]
+#[ignore = "prints sample output for a person to read"]
+fn print_sample() {
+    println!("{}", format_list(&[envelope(ID1), envelope(ID2)], NOW));
+    println!("{}", format_show(&envelope(ID1), NOW));
 }
