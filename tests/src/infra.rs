@@ -203,14 +203,27 @@ impl Infra {
         ensure_default_postfix_config()?;
         infra.make_certs().context("test certificates")?;
         infra.start_knot().context("Knot DNS")?;
-        for mx in Mx::ALL {
-            infra
-                .start_postfix(&PostfixInstance::mx(mx))
-                .with_context(|| format!("Postfix {}", mx.name()))?;
-        }
-        infra
-            .start_postfix(&PostfixInstance::lan_mta())
-            .context("Postfix LAN mail server")?;
+        // The Postfix instances are independent: start them side by side.
+        let mut instances: Vec<PostfixInstance> =
+            Mx::ALL.iter().map(|m| PostfixInstance::mx(*m)).collect();
+        instances.push(PostfixInstance::lan_mta());
+        std::thread::scope(|s| {
+            let handles: Vec<_> = instances
+                .iter()
+                .map(|inst| {
+                    let infra = &infra;
+                    s.spawn(move || {
+                        infra
+                            .start_postfix(inst)
+                            .with_context(|| format!("Postfix {}", inst.name))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("postfix start thread"))
+                .collect::<Result<Vec<()>>>()
+        })?;
         infra.wait_healthy(Duration::from_secs(30))?;
         fs::write(&gen_file, GENERATION)?;
         Ok(infra)

@@ -11,6 +11,10 @@ fn config_example_passes_config_check() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for section in ["[smtp]", "[spool]", "[dns]", "[delivery]", "[class.normal]"] {
+        assert!(text.contains(section), "example lacks {section}:\n{text}");
+    }
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("example.toml");
     std::fs::write(&file, &out.stdout).unwrap();
