@@ -624,3 +624,39 @@ fn print_sample() {
     .expect("dsn");
     println!("{}", String::from_utf8_lossy(&dsn.content));
 }
+
+#[test]
+fn eight_bit_originals_set_the_dsn_body_type() {
+    let r = failed("bob@example.org", "550 5.1.1 unknown", "5.1.1");
+    let orig = "Subject: caf\u{e9}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\ncaf\u{e9}\r\n";
+    let mut env = envelope("alice@example.com");
+    env.body = BodyType::EightBitMime;
+    let dsn = build_dsn("gw", &env, &[&r], DsnKind::Failure, orig.as_bytes(), NOW).expect("dsn");
+    assert_eq!(dsn.body, BodyType::EightBitMime);
+    let m = MessageParser::default()
+        .parse(&dsn.content)
+        .expect("parses");
+    let p = parts(&m);
+    assert_eq!(ctype(p[2]), "message/rfc822");
+    assert_eq!(p[2].content_transfer_encoding(), Some("8bit"));
+
+    env.body = BodyType::BinaryMime;
+    let dsn = build_dsn("gw", &env, &[&r], DsnKind::Failure, orig.as_bytes(), NOW).expect("dsn");
+    assert_eq!(dsn.body, BodyType::BinaryMime);
+    let m = MessageParser::default()
+        .parse(&dsn.content)
+        .expect("parses");
+    assert_eq!(parts(&m)[2].content_transfer_encoding(), Some("binary"));
+
+    // Headers only: the body's encoding no longer matters, the header's does.
+    env.ret = Some(Ret::Headers);
+    let dsn = build_dsn("gw", &env, &[&r], DsnKind::Failure, orig.as_bytes(), NOW).expect("dsn");
+    assert_eq!(dsn.body, BodyType::EightBitMime);
+    let mut env = envelope("alice@example.com");
+    env.smtputf8 = true;
+    let dsn = build_dsn("gw", &env, &[&r], DsnKind::Delay, orig.as_bytes(), NOW).expect("dsn");
+    let m = MessageParser::default()
+        .parse(&dsn.content)
+        .expect("parses");
+    assert_eq!(ctype(parts(&m)[2]), "message/global-headers");
+}

@@ -89,6 +89,8 @@ impl ControlHandler for TestHandler {
         self.envs.lock().expect("lock").clone()
     }
     fn show(&self, id: &QueueId) -> Option<Envelope> {
+        // A handler bug must not take the server down.
+        assert_ne!(id.as_str(), "DEADDEADDEADDEAD", "handler bug");
         self.envs
             .lock()
             .expect("lock")
@@ -490,4 +492,29 @@ fn show_has_everything() {
 fn print_sample() {
     println!("{}", format_list(&[envelope(ID1), envelope(ID2)], NOW));
     println!("{}", format_show(&envelope(ID1), NOW));
+}
+
+#[tokio::test]
+async fn connections_are_served_concurrently_and_handler_panics_are_contained() {
+    let s = start().await;
+    // An idle client with half a frame sent holds its connection open...
+    let mut idle = UnixStream::connect(&s.path).await.expect("connect");
+    idle.write_all(&[0, 0]).await.expect("write");
+    // ...while other clients are answered.
+    let (a, b) = tokio::join!(
+        request(&s.path, Command::List),
+        request(&s.path, Command::Show(ID2.into()))
+    );
+    assert!(matches!(a, Ok(Response::Messages(_))));
+    assert!(matches!(b, Ok(Response::Message(_))));
+
+    match request(&s.path, Command::Show("deaddeaddeaddead".into())).await {
+        Ok(Response::Error(e)) => assert!(e.contains("internal error"), "{e}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(matches!(
+        request(&s.path, Command::List).await,
+        Ok(Response::Messages(_))
+    ));
+    drop(idle);
 }
