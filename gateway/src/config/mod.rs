@@ -136,7 +136,7 @@ pub struct DnsConfig {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// Extra PEM trust anchors for PKIX, added to the built-in (Mozilla) roots.
@@ -167,7 +167,7 @@ pub struct DeliveryConfig {
     pub delay_warning: Duration,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlConfig {
     /// The admin control socket. Empty: `<spool.dir>/control.sock`.
@@ -242,12 +242,6 @@ impl Default for DnsConfig {
     }
 }
 
-impl Default for TlsConfig {
-    fn default() -> Self {
-        TlsConfig { ca_file: None }
-    }
-}
-
 impl Default for DeliveryConfig {
     fn default() -> Self {
         let m = |mins: u64| Duration::from_secs(mins * 60);
@@ -261,12 +255,6 @@ impl Default for DeliveryConfig {
             queue_lifetime: Duration::from_secs(5 * 24 * 3600),
             delay_warning: Duration::from_secs(4 * 3600),
         }
-    }
-}
-
-impl Default for ControlConfig {
-    fn default() -> Self {
-        ControlConfig { socket: None }
     }
 }
 
@@ -318,11 +306,9 @@ impl Config {
         })?;
         // A class table given in the file adds to the built-in classes rather than
         // replacing them, so `normal` always exists.
-        cfg.class
-            .entry("normal".into())
-            .or_insert(ClassConfig {
-                level: Level::Encrypted,
-            });
+        cfg.class.entry("normal".into()).or_insert(ClassConfig {
+            level: Level::Encrypted,
+        });
         cfg.validate(path)?;
         Ok(cfg)
     }
@@ -375,7 +361,10 @@ impl Config {
             return Err(bad("delivery.concurrency", "must be at least 1"));
         }
         if self.delivery.retry_schedule.is_empty() {
-            return Err(bad("delivery.retry_schedule", "needs at least one interval"));
+            return Err(bad(
+                "delivery.retry_schedule",
+                "needs at least one interval",
+            ));
         }
         if self.delivery.retry_schedule.iter().any(|d| d.is_zero()) {
             return Err(bad("delivery.retry_schedule", "intervals must be > 0"));
@@ -385,7 +374,10 @@ impl Config {
         }
         if let Some(ca) = &self.tls.ca_file {
             if !ca.exists() {
-                return Err(bad("tls.ca_file", &format!("{} does not exist", ca.display())));
+                return Err(bad(
+                    "tls.ca_file",
+                    &format!("{} does not exist", ca.display()),
+                ));
             }
         }
         Ok(())
@@ -467,8 +459,8 @@ mod tests {
     fn bad_value_is_named() {
         let err = Config::parse("[delivery]\nretry_schedule = []\n", Path::new("x")).unwrap_err();
         assert!(err.to_string().contains("delivery.retry_schedule"), "{err}");
-        let err = Config::parse("[class.normal]\nlevel = \"sometimes\"\n", Path::new("x"))
-            .unwrap_err();
+        let err =
+            Config::parse("[class.normal]\nlevel = \"sometimes\"\n", Path::new("x")).unwrap_err();
         assert!(err.to_string().contains("sometimes"), "{err}");
     }
 

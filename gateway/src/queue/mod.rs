@@ -4,20 +4,39 @@
 //!
 //! The spool on disk is the truth; this is an index of it rebuilt on start by
 //! [`crate::spool::Spool::recover`]. Every state change is written to the spool
-//! before it is acted on.
+//! before it is acted on, and a DSN is stored before the flag saying it was sent:
+//! a crash may repeat a notice, never lose one.
+//!
+//! Life of a recipient: `Pending` (tried at `next_attempt`; 4xx and local problems
+//! push `next_attempt` along the retry schedule) -> `Delivered` or `Failed` (5xx, null
+//! MX, queue lifetime over). Once every recipient is final and its notice (failure
+//! DSN, success DSN when NOTIFY=SUCCESS) is queued, the message leaves the spool.
 
 mod schedule;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokio::sync::Notify as Wakeup;
+use tokio::sync::{watch, Notify as Wakeup, Semaphore};
 
+use crate::bounce::{self, Dsn, DsnKind, DsnOptions};
 use crate::config::Config;
-use crate::spool::record::{Envelope, QueueId};
+use crate::control::ControlHandler;
+use crate::deliver::{DeliveryReport, DeliveryRequest, RcptOutcome, RcptRequest, Transport};
+use crate::spool::record::{
+    now_secs, Attempt, ClientInfo, Envelope, Notify, QueueId, RcptState, Recipient, RECORD_VERSION,
+};
 use crate::spool::{Spool, SpoolError};
 
 pub use schedule::RetrySchedule;
+
+/// Longest the scheduler sleeps without looking at the queue again (delay notices,
+/// clock changes).
+const MAX_IDLE: Duration = Duration::from_secs(30);
+
+/// How long shutdown waits for deliveries under way to finish and record their result.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// Why a message could not be taken into the queue. The SMTP server maps these to
 /// replies: `DiskFull` -> 452 4.3.1, `Io` -> 451 4.3.0.
@@ -54,6 +73,7 @@ struct State {
 struct Inner {
     spool: Spool,
     config: Arc<Config>,
+    schedule: RetrySchedule,
     state: Mutex<State>,
     wakeup: Wakeup,
 }
@@ -63,6 +83,16 @@ struct Inner {
 #[derive(Clone)]
 pub struct Queue {
     inner: Arc<Inner>,
+}
+
+/// One delivery attempt the scheduler hands to the transport: the recipients of one
+/// message in one domain.
+struct Job {
+    id: QueueId,
+    domain: String,
+    /// Indices into `Envelope::recipients`, in request order.
+    rcpts: Vec<usize>,
+    request: DeliveryRequest,
 }
 
 impl Queue {
@@ -81,6 +111,7 @@ impl Queue {
         Queue {
             inner: Arc::new(Inner {
                 spool,
+                schedule: RetrySchedule::new(config.delivery.retry_schedule.clone()),
                 config,
                 state: Mutex::new(state),
                 wakeup: Wakeup::new(),
@@ -100,19 +131,14 @@ impl Queue {
     /// hears 452 before it sends the data.
     pub async fn check_room(&self, size: u64) -> Result<(), SubmitError> {
         let spool = self.inner.spool.clone();
-        tokio::task::spawn_blocking(move || spool.check_room(size))
-            .await
-            .map_err(|e| SubmitError::Io(e.to_string()))?
-            .map_err(SubmitError::from)
+        blocking(move || spool.check_room(size)).await
     }
 
     /// Durably store a new message and schedule it. Returns only after the message
     /// is on disk (fsynced): the caller may then answer 250.
     pub async fn submit(&self, env: Envelope, content: Vec<u8>) -> Result<(), SubmitError> {
         let spool = self.inner.spool.clone();
-        let env = tokio::task::spawn_blocking(move || spool.store(&env, &content).map(|_| env))
-            .await
-            .map_err(|e| SubmitError::Io(e.to_string()))??;
+        let env = blocking(move || spool.store(&env, &content).map(|_| env)).await?;
         tracing::info!(queue_id = %env.id, from = %env.sender, nrcpt = env.recipients.len(), size = env.size, "queued");
         self.lock().messages.insert(
             env.id.clone(),
@@ -126,8 +152,8 @@ impl Queue {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding the lock is a bug; the state itself stays usable
-        // because every mutation is completed before the lock is released.
+        // Every mutation completes before the lock is released, so the state stays
+        // consistent even if a holder panicked.
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -139,4 +165,512 @@ impl Queue {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Run the scheduler until `shutdown` turns true. Deliveries under way at
+    /// shutdown get a grace period to finish and record their result.
+    pub async fn run(self, transport: Arc<dyn Transport>, mut shutdown: watch::Receiver<bool>) {
+        let permits = Arc::new(Semaphore::new(self.inner.config.delivery.concurrency));
+        let mut tasks = tokio::task::JoinSet::new();
+        // Notices left pending by a crash (DSN stored but flag not yet written, or
+        // the reverse) are settled first.
+        self.settle_all().await;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let now = now_secs();
+            let (jobs, next_due) = self.take_due(now);
+            for job in jobs {
+                let permit = tokio::select! {
+                    p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+                    _ = shutdown.changed() => { self.release(&job); continue; }
+                };
+                let queue = self.clone();
+                let transport = transport.clone();
+                tasks.spawn(async move {
+                    queue.attempt(job, transport.as_ref()).await;
+                    drop(permit);
+                });
+            }
+            while tasks.try_join_next().is_some() {}
+            self.settle_all().await;
+            let sleep = next_due
+                .map(|t| Duration::from_secs(t.saturating_sub(now_secs())))
+                .unwrap_or(MAX_IDLE)
+                .min(MAX_IDLE);
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = self.inner.wakeup.notified() => {}
+                _ = shutdown.changed() => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        let grace = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        });
+        if grace.await.is_err() {
+            tracing::warn!(
+                "deliveries still under way at shutdown; they will be retried after restart"
+            );
+        }
+    }
+
+    /// Collect every (message, domain) that is due and not already being tried, and
+    /// mark them in flight. Returns the jobs and the earliest future due time.
+    fn take_due(&self, now: u64) -> (Vec<Job>, Option<u64>) {
+        let cfg = &self.inner.config;
+        let mut st = self.lock();
+        let mut jobs = Vec::new();
+        let mut next: Option<u64> = None;
+        for entry in st.messages.values_mut() {
+            let env = &entry.env;
+            let mut due_domains: BTreeSet<String> = BTreeSet::new();
+            for r in env.recipients.iter() {
+                if r.state != RcptState::Pending {
+                    continue;
+                }
+                let domain = r.domain();
+                if entry.in_flight.contains(&domain) {
+                    continue;
+                }
+                if r.next_attempt <= now {
+                    due_domains.insert(domain);
+                } else {
+                    next = Some(next.map_or(r.next_attempt, |n| n.min(r.next_attempt)));
+                }
+            }
+            for domain in due_domains {
+                // All of a message's pending recipients in one domain go in one
+                // transaction, including those not yet due.
+                let rcpts = indices(env, |r| {
+                    r.state == RcptState::Pending && r.domain() == domain
+                });
+                let request = DeliveryRequest {
+                    id: env.id.clone(),
+                    domain: domain.clone(),
+                    sender: env.sender.clone(),
+                    recipients: rcpts
+                        .iter()
+                        .map(|&i| {
+                            let r = &env.recipients[i];
+                            RcptRequest {
+                                address: r.address.clone(),
+                                orcpt: r.orcpt.clone(),
+                                notify: r.notify,
+                            }
+                        })
+                        .collect(),
+                    body: env.body,
+                    smtputf8: env.smtputf8,
+                    ret: env.ret,
+                    envid: env.envid.clone(),
+                    level: cfg.class_level(&env.class),
+                    content: Arc::new(Vec::new()),
+                };
+                jobs.push(Job {
+                    id: env.id.clone(),
+                    domain,
+                    rcpts,
+                    request,
+                });
+            }
+            for job in jobs.iter().filter(|j| j.id == entry.env.id) {
+                entry.in_flight.insert(job.domain.clone());
+            }
+        }
+        (jobs, next)
+    }
+
+    fn release(&self, job: &Job) {
+        if let Some(e) = self.lock().messages.get_mut(&job.id) {
+            e.in_flight.remove(&job.domain);
+        }
+    }
+
+    /// Carry out one job and record its result.
+    async fn attempt(&self, mut job: Job, transport: &dyn Transport) {
+        let spool = self.inner.spool.clone();
+        let id = job.id.clone();
+        let report = match blocking(move || spool.content(&id)).await {
+            Ok(content) => {
+                job.request.content = Arc::new(content);
+                transport.deliver(job.request.clone()).await
+            }
+            Err(e) => {
+                // Could not read our own spool: a local, temporary problem.
+                tracing::error!(queue_id = %job.id, error = %e, "cannot read message content");
+                local_deferral(&job, format!("4.3.0 local error reading the queue: {e}"))
+            }
+        };
+        self.apply(&job, report, now_secs()).await;
+    }
+
+    /// Record the outcome of an attempt, durably, then settle notices.
+    async fn apply(&self, job: &Job, report: DeliveryReport, now: u64) {
+        let cfg = self.inner.config.clone();
+        let updated = {
+            let mut st = self.lock();
+            let Some(entry) = st.messages.get_mut(&job.id) else {
+                // Deleted by the admin while the attempt was under way.
+                return;
+            };
+            entry.in_flight.remove(&job.domain);
+            let env = &mut entry.env;
+            let expires = env
+                .received_at
+                .saturating_add(cfg.delivery.queue_lifetime.as_secs());
+            for (k, &i) in job.rcpts.iter().enumerate() {
+                let Some(outcome) = report.outcomes.get(k) else {
+                    continue;
+                };
+                let r = &mut env.recipients[i];
+                if r.state != RcptState::Pending {
+                    continue;
+                }
+                apply_outcome(
+                    r,
+                    outcome,
+                    &report.attempt,
+                    now,
+                    expires,
+                    &self.inner.schedule,
+                );
+                tracing::info!(
+                    queue_id = %env.id,
+                    to = %r.address,
+                    state = ?r.state,
+                    status = r.status.as_deref().unwrap_or(""),
+                    attempts = r.attempts,
+                    next_attempt_in = r.next_attempt.saturating_sub(now),
+                    mx = %report.attempt.mx,
+                    verdict = report.attempt.verdict.map(|v| v.as_str()).unwrap_or("none"),
+                    reply = %r.last.as_ref().map(|a| a.reply.as_str()).unwrap_or(""),
+                    "delivery result"
+                );
+            }
+            env.clone()
+        };
+        self.persist(&updated).await;
+        self.settle(&job.id, now).await;
+    }
+
+    async fn persist(&self, env: &Envelope) {
+        let spool = self.inner.spool.clone();
+        let env2 = env.clone();
+        if let Err(e) = blocking(move || spool.update(&env2)).await {
+            // The in-memory state is ahead of the disk; after a crash the attempt
+            // may be repeated, which can duplicate but never lose a message.
+            tracing::error!(queue_id = %env.id, error = %e, "cannot update spool record");
+        }
+    }
+
+    async fn settle_all(&self) {
+        let now = now_secs();
+        let ids: Vec<QueueId> = self.lock().messages.keys().cloned().collect();
+        for id in ids {
+            self.settle(&id, now).await;
+        }
+    }
+
+    /// Send the notices a message's state calls for (failure, success, delay DSNs)
+    /// and remove it once everything is final.
+    async fn settle(&self, id: &QueueId, now: u64) {
+        let cfg = self.inner.config.clone();
+        let Some(env) = self.lock().messages.get(id).map(|e| e.env.clone()) else {
+            return;
+        };
+        let delay_after = cfg.delivery.delay_warning.as_secs();
+        let failed: Vec<usize> = indices(&env, |r| {
+            r.state == RcptState::Failed && !r.final_notice_done
+        });
+        let succeeded: Vec<usize> = indices(&env, |r| {
+            r.state == RcptState::Delivered && !r.final_notice_done
+        });
+        let delayed: Vec<usize> =
+            if delay_after > 0 && now >= env.received_at.saturating_add(delay_after) {
+                indices(&env, |r| r.state == RcptState::Pending && !r.delay_notified)
+            } else {
+                Vec::new()
+            };
+        if failed.is_empty() && succeeded.is_empty() && delayed.is_empty() {
+            if env.is_finished() {
+                self.finish(id).await;
+            }
+            return;
+        }
+
+        let original = if env.is_bounce() {
+            // No notice is ever sent about a notice (RFC 3461 section 6.2).
+            Vec::new()
+        } else {
+            let spool = self.inner.spool.clone();
+            let id2 = id.clone();
+            match blocking(move || spool.content(&id2)).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(queue_id = %id, error = %e, "cannot read message for DSN");
+                    return;
+                }
+            }
+        };
+        let mut done: Vec<(usize, bool)> = Vec::new(); // (index, is_delay)
+        let mta = cfg.hostname();
+        for (kind, set) in [
+            (DsnKind::Failure, &failed),
+            (DsnKind::Success, &succeeded),
+            (DsnKind::Delay, &delayed),
+        ] {
+            if set.is_empty() {
+                continue;
+            }
+            let rcpts: Vec<&Recipient> = set.iter().map(|&i| &env.recipients[i]).collect();
+            let opts = DsnOptions {
+                retry_until: Some(
+                    env.received_at
+                        .saturating_add(cfg.delivery.queue_lifetime.as_secs()),
+                ),
+                ..DsnOptions::default()
+            };
+            if let Some(dsn) =
+                bounce::build_dsn_with(&mta, &env, &rcpts, kind, &original, now, &opts)
+            {
+                let notice = notice_envelope(&dsn, &mta);
+                let notice_id = notice.id.clone();
+                match self.submit(notice, dsn.content.clone()).await {
+                    Ok(()) => {
+                        tracing::info!(queue_id = %id, notice_id = %notice_id, kind = ?kind, to = %dsn.recipient, "delivery status notification queued");
+                    }
+                    Err(e) => {
+                        // Keep the flags unset: the next pass tries again.
+                        tracing::warn!(queue_id = %id, kind = ?kind, error = %e, "cannot queue DSN, will retry");
+                        continue;
+                    }
+                }
+            }
+            // Either queued, or none was wanted (NOTIFY, null sender): done.
+            done.extend(set.iter().map(|&i| (i, kind == DsnKind::Delay)));
+        }
+        let updated = {
+            let mut st = self.lock();
+            let Some(entry) = st.messages.get_mut(id) else {
+                return;
+            };
+            for &(i, is_delay) in &done {
+                let r = &mut entry.env.recipients[i];
+                if is_delay {
+                    r.delay_notified = true;
+                } else {
+                    r.final_notice_done = true;
+                }
+            }
+            entry.env.clone()
+        };
+        if updated.is_finished() {
+            self.finish(id).await;
+        } else {
+            self.persist(&updated).await;
+        }
+    }
+
+    /// Remove a message whose every recipient is final and notified.
+    async fn finish(&self, id: &QueueId) {
+        let busy = self
+            .lock()
+            .messages
+            .get(id)
+            .is_some_and(|e| !e.in_flight.is_empty());
+        if busy {
+            return;
+        }
+        let spool = self.inner.spool.clone();
+        let id2 = id.clone();
+        match blocking(move || spool.remove(&id2)).await {
+            Ok(()) => {
+                self.lock().messages.remove(id);
+                tracing::info!(queue_id = %id, "removed from queue (all recipients final)");
+            }
+            Err(e) => tracing::error!(queue_id = %id, error = %e, "cannot remove from spool"),
+        }
+    }
 }
+
+/// Update one recipient from the outcome of an attempt.
+fn apply_outcome(
+    r: &mut Recipient,
+    outcome: &RcptOutcome,
+    attempt: &Attempt,
+    now: u64,
+    expires: u64,
+    schedule: &RetrySchedule,
+) {
+    r.attempts += 1;
+    let mut last = attempt.clone();
+    match outcome {
+        RcptOutcome::Delivered { reply, remote_dsn } => {
+            last.reply = reply.clone();
+            r.state = RcptState::Delivered;
+            r.status = Some(status_of(reply).unwrap_or_else(|| "2.0.0".into()));
+            r.remote_dsn = *remote_dsn;
+            // A success notice is ours to send only if asked for and the next hop
+            // did not take over the DSN request (RFC 3461 section 5.2.2).
+            r.final_notice_done = !Notify::wants_success(r.notify) || r.remote_dsn;
+        }
+        RcptOutcome::Failed { reply, status } => {
+            last.reply = reply.clone();
+            r.state = RcptState::Failed;
+            r.status = Some(status.clone());
+        }
+        RcptOutcome::Deferred { reply, status } => {
+            last.reply = reply.clone();
+            if now >= expires {
+                // Queue lifetime over: the last temporary failure becomes final
+                // (RFC 3463 X.4.7 delivery time expired).
+                r.state = RcptState::Failed;
+                r.status = Some("5.4.7".into());
+                last.reply = format!(
+                    "delivery time expired; last problem: {}",
+                    if reply.is_empty() { status } else { reply }
+                );
+            } else {
+                r.status = Some(status.clone());
+                let wait = schedule.wait_after(r.attempts).as_secs();
+                // The last attempt happens when the lifetime ends, not after it.
+                r.next_attempt = now.saturating_add(wait).min(expires.max(now + 1));
+            }
+        }
+    }
+    r.last = Some(last);
+}
+
+/// The enhanced status code at the start of an SMTP reply text, if any ("250 2.0.0 Ok").
+fn status_of(reply: &str) -> Option<String> {
+    reply
+        .split_whitespace()
+        .find(|w| {
+            let parts: Vec<&str> = w.split('.').collect();
+            parts.len() == 3
+                && matches!(parts[0], "2" | "4" | "5")
+                && parts[1..]
+                    .iter()
+                    .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(str::to_string)
+}
+
+fn local_deferral(job: &Job, reason: String) -> DeliveryReport {
+    DeliveryReport {
+        outcomes: job
+            .rcpts
+            .iter()
+            .map(|_| RcptOutcome::Deferred {
+                reply: reason.clone(),
+                status: "4.3.0".into(),
+            })
+            .collect(),
+        attempt: Attempt {
+            at: now_secs(),
+            mx: String::new(),
+            ip: String::new(),
+            tls: None,
+            verdict: None,
+            reply: reason,
+        },
+    }
+}
+
+fn indices(env: &Envelope, pred: impl Fn(&Recipient) -> bool) -> Vec<usize> {
+    env.recipients
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| pred(r))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The envelope of a DSN we generate: null sender, one recipient (the original sender).
+fn notice_envelope(dsn: &Dsn, hostname: &str) -> Envelope {
+    let now = now_secs();
+    let to = dsn.recipient.as_str();
+    Envelope {
+        record_version: RECORD_VERSION,
+        id: QueueId::generate(),
+        received_at: now,
+        sender: String::new(),
+        ret: None,
+        envid: None,
+        body: dsn.body,
+        smtputf8: dsn.smtputf8,
+        requiretls: false,
+        size: dsn.content.len() as u64,
+        class: "normal".into(),
+        client: ClientInfo {
+            addr: "local".into(),
+            helo: hostname.into(),
+            tls: None,
+            auth_user: None,
+        },
+        message_id: None,
+        recipients: vec![Recipient::new(to.to_string(), None, None, now)],
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SpoolError> + Send + 'static,
+) -> Result<T, SubmitError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SubmitError::Io(format!("spool task failed: {e}")))?
+        .map_err(SubmitError::from)
+}
+
+/// The admin's view through the control socket.
+impl ControlHandler for Queue {
+    fn list(&self) -> Vec<Envelope> {
+        self.lock()
+            .messages
+            .values()
+            .map(|e| e.env.clone())
+            .collect()
+    }
+
+    fn show(&self, id: &QueueId) -> Option<Envelope> {
+        self.lock().messages.get(id).map(|e| e.env.clone())
+    }
+
+    fn retry(&self, id: Option<&QueueId>) -> usize {
+        let now = now_secs();
+        let mut st = self.lock();
+        let mut n = 0;
+        for (qid, entry) in st.messages.iter_mut() {
+            if id.is_some_and(|want| want != qid) {
+                continue;
+            }
+            let mut touched = false;
+            for r in entry.env.recipients.iter_mut() {
+                if r.state == RcptState::Pending {
+                    r.next_attempt = now;
+                    touched = true;
+                }
+            }
+            if touched {
+                n += 1;
+                tracing::info!(queue_id = %qid, "retry requested by admin");
+            }
+        }
+        drop(st);
+        self.inner.wakeup.notify_one();
+        n
+    }
+
+    fn delete(&self, id: &QueueId) -> Result<bool, String> {
+        if self.lock().messages.remove(id).is_none() {
+            return Ok(false);
+        }
+        self.inner.spool.remove(id).map_err(|e| e.to_string())?;
+        tracing::info!(queue_id = %id, "deleted by admin");
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -10,7 +10,10 @@ pub struct RetrySchedule {
 
 impl RetrySchedule {
     pub fn new(waits: Vec<Duration>) -> Self {
-        assert!(!waits.is_empty(), "config validation guarantees one interval");
+        assert!(
+            !waits.is_empty(),
+            "config validation guarantees one interval"
+        );
         RetrySchedule { waits }
     }
 
