@@ -63,6 +63,9 @@ struct Entry {
     env: Envelope,
     /// Domains with an attempt under way for this message (never two at once).
     in_flight: HashSet<String>,
+    /// A `settle` pass owns this message's notices right now (one at a time, so a
+    /// notice is never queued twice).
+    settling: bool,
 }
 
 #[derive(Default)]
@@ -105,6 +108,7 @@ impl Queue {
                 Entry {
                     env,
                     in_flight: HashSet::new(),
+                    settling: false,
                 },
             );
         }
@@ -145,6 +149,7 @@ impl Queue {
             Entry {
                 env,
                 in_flight: HashSet::new(),
+                settling: false,
             },
         );
         self.inner.wakeup.notify_one();
@@ -375,10 +380,25 @@ impl Queue {
     /// Send the notices a message's state calls for (failure, success, delay DSNs)
     /// and remove it once everything is final.
     async fn settle(&self, id: &QueueId, now: u64) {
-        let cfg = self.inner.config.clone();
-        let Some(env) = self.lock().messages.get(id).map(|e| e.env.clone()) else {
-            return;
+        let env = {
+            let mut st = self.lock();
+            let Some(entry) = st.messages.get_mut(id) else {
+                return;
+            };
+            if entry.settling {
+                return;
+            }
+            entry.settling = true;
+            entry.env.clone()
         };
+        self.settle_claimed(id, env, now).await;
+        if let Some(entry) = self.lock().messages.get_mut(id) {
+            entry.settling = false;
+        }
+    }
+
+    async fn settle_claimed(&self, id: &QueueId, env: Envelope, now: u64) {
+        let cfg = self.inner.config.clone();
         let delay_after = cfg.delivery.delay_warning.as_secs();
         let failed: Vec<usize> = indices(&env, |r| {
             r.state == RcptState::Failed && !r.final_notice_done
@@ -474,21 +494,19 @@ impl Queue {
 
     /// Remove a message whose every recipient is final and notified.
     async fn finish(&self, id: &QueueId) {
-        let busy = self
-            .lock()
-            .messages
-            .get(id)
-            .is_some_and(|e| !e.in_flight.is_empty());
-        if busy {
-            return;
+        {
+            let mut st = self.lock();
+            match st.messages.get(id) {
+                Some(e) if e.in_flight.is_empty() && e.env.is_finished() => {}
+                _ => return,
+            }
+            st.messages.remove(id);
         }
         let spool = self.inner.spool.clone();
         let id2 = id.clone();
         match blocking(move || spool.remove(&id2)).await {
-            Ok(()) => {
-                self.lock().messages.remove(id);
-                tracing::info!(queue_id = %id, "removed from queue (all recipients final)");
-            }
+            Ok(()) => tracing::info!(queue_id = %id, "removed from queue (all recipients final)"),
+            // Left on disk in its final state; the next start recovers and removes it.
             Err(e) => tracing::error!(queue_id = %id, error = %e, "cannot remove from spool"),
         }
     }

@@ -1,0 +1,105 @@
+//! The relay daemon: wires the spool, queue, SMTP listeners, delivery scheduler and
+//! control socket together and runs until SIGTERM/SIGINT.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use qrelay::config::Config;
+use qrelay::control::{self, ControlHandler};
+use qrelay::deliver::client::Deliverer;
+use qrelay::queue::Queue;
+use qrelay::spool::Spool;
+use qrelay::system;
+
+/// How long shutdown waits for SMTP sessions and the scheduler to wind down.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn run(config: Config) -> Result<()> {
+    // Spool files hold mail: never readable by other users.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o027));
+    let config = Arc::new(config);
+    let data = &config.spool.dir;
+    std::fs::create_dir_all(data)
+        .with_context(|| format!("cannot create data directory {}", data.display()))?;
+
+    let spool = Spool::open(data, config.spool.min_free_bytes)
+        .with_context(|| format!("cannot open the spool in {}", data.display()))?;
+    let recovery = spool.recover().context("spool recovery failed")?;
+    tracing::info!(
+        messages = recovery.envelopes.len(),
+        orphans_removed = recovery.orphans_removed,
+        temp_removed = recovery.temp_removed,
+        quarantined = recovery.quarantined.len(),
+        "spool recovered"
+    );
+    let queue = Queue::new(spool, config.clone(), recovery.envelopes);
+
+    let tls = qrelay::tls::server::load_or_generate(&config)
+        .context("cannot set up the inbound TLS certificate")?;
+    let deliverer = Deliverer::new(config.clone()).context("cannot set up delivery")?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+
+    let server = qrelay::smtp::Server::new(config.clone(), queue.clone(), tls);
+    for addr in &config.smtp.listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!(%addr, "SMTP listening");
+        let server = server.clone();
+        let stop = stop_rx.clone();
+        tasks.spawn(async move { server.run(listener, stop).await });
+    }
+
+    let socket = config.control_socket();
+    let handler: Arc<dyn ControlHandler> = Arc::new(queue.clone());
+    {
+        let stop = stop_rx.clone();
+        let socket = socket.clone();
+        tasks.spawn(async move {
+            if let Err(e) = control::serve(&socket, handler, stop).await {
+                tracing::error!(error = %e, "control socket failed");
+            }
+        });
+    }
+
+    let scheduler = tokio::spawn(queue.clone().run(Arc::new(deliverer), stop_rx.clone()));
+
+    system::notify_ready();
+    system::notify_status(&format!("{} messages queued", queue.len()));
+    let health_queue = queue.clone();
+    let watchdog = system::spawn_watchdog(move || {
+        // Taking the queue lock proves the core is not wedged.
+        let _ = health_queue.len();
+        true
+    });
+    tracing::info!(hostname = %config.hostname(), "qrelay ready");
+
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    }
+    system::notify_stopping();
+    let _ = stop_tx.send(true);
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    let wind_down = async {
+        while tasks.join_next().await.is_some() {}
+        let _ = scheduler.await;
+    };
+    if tokio::time::timeout(STOP_TIMEOUT, wind_down).await.is_err() {
+        tracing::warn!("shutdown timed out; unfinished work stays queued");
+    }
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("stopped");
+    Ok(())
+}
