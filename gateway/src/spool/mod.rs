@@ -354,7 +354,10 @@ mod tests {
             .unwrap()
             .collect();
         assert_eq!(corrupt.len(), 2, "envelope and its content kept aside");
-        assert!(fs::read_dir(dir.path().join("queue/tmp")).unwrap().next().is_none());
+        assert!(fs::read_dir(dir.path().join("queue/tmp"))
+            .unwrap()
+            .next()
+            .is_none());
     }
 
     #[test]
