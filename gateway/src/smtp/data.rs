@@ -34,6 +34,9 @@ pub(crate) enum DataRejection {
         "554 5.6.0 Message contains a bare CR or LF; lines must end with CRLF (RFC 5321 section 2.3.8)"
     )]
     BareLineEnding,
+    /// RFC 5321 section 6.3: a mail loop.
+    #[error("554 5.4.6 Too many hops: mail loop detected")]
+    TooManyHops,
 }
 
 impl DataRejection {
@@ -43,6 +46,7 @@ impl DataRejection {
             DataRejection::TooBig => "message too big",
             DataRejection::LineTooLong => "line too long",
             DataRejection::BareLineEnding => "bare CR or LF in message",
+            DataRejection::TooManyHops => "too many Received headers (mail loop)",
         }
     }
 }
@@ -146,6 +150,18 @@ fn header_section(content: &[u8]) -> &[u8] {
         pos = end;
     }
     &content[..pos]
+}
+
+/// More Received fields than this means a mail loop (RFC 5321 section 6.3; the
+/// same limit as Postfix's `hopcount_limit`).
+pub(crate) const MAX_HOPS: usize = 50;
+
+/// The number of Received fields in the header section.
+pub(crate) fn count_received(content: &[u8]) -> usize {
+    header_section(content)
+        .split_inclusive(|&b| b == b'\n')
+        .filter(|l| l.len() >= 9 && l[..9].eq_ignore_ascii_case(b"Received:"))
+        .count()
 }
 
 /// The Message-ID field of the header section, unfolded and trimmed (RFC 5322
@@ -305,6 +321,12 @@ mod tests {
     fn size_limit_reads_to_end() {
         let (r, _) = collect(b"0123456789\r\n0123456789\r\n.\r\n", 15);
         assert_eq!(r, Err(DataRejection::TooBig));
+    }
+
+    #[test]
+    fn received_fields_are_counted_in_headers_only() {
+        let m = b"Received: a\r\n\tb\r\nreceived: c\r\nSubject: x\r\n\r\nReceived: body\r\n";
+        assert_eq!(count_received(m), 2);
     }
 
     #[test]

@@ -62,6 +62,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::queue::Queue;
@@ -243,6 +244,16 @@ impl Server {
     /// the connection limits. Public so tests and tools can drive a session over
     /// any stream.
     pub async fn serve<T>(&self, io: T, peer: SocketAddr, shutdown: watch::Receiver<bool>)
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        // The span puts the client on every line logged during the session,
+        // including the queue's own "queued" line.
+        let span = tracing::info_span!("smtp", client = %peer.ip().to_canonical());
+        self.serve_inner(io, peer, shutdown).instrument(span).await
+    }
+
+    async fn serve_inner<T>(&self, io: T, peer: SocketAddr, shutdown: watch::Receiver<bool>)
     where
         T: AsyncRead + AsyncWrite + Unpin + Send,
     {

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::address::{self, Path, PathError};
 use super::auth::{self, SaslError};
-use super::data::{self, DataCollector, TlsInfo, Trace};
+use super::data::{self, DataCollector, DataRejection, TlsInfo, Trace};
 use super::io::{Conn, IoError, Line};
 use super::Shared;
 use crate::config::SmtpConfig;
@@ -504,6 +504,10 @@ impl Session {
                 "553 5.1.3 Address literals are not accepted as recipients: a domain is needed",
             );
         }
+        if mailbox.domain.eq_ignore_ascii_case(self.host()) {
+            // Relaying to ourselves would loop (RFC 5321 section 6.3).
+            return self.fail(conn, "550 5.1.1 This gateway has no local mailboxes");
+        }
         let address = mailbox.address();
         // Never an open relay: this box has no local mailboxes, so every recipient
         // is a relay, allowed only for the LAN servers or authenticated users.
@@ -570,7 +574,14 @@ impl Session {
         let Some(tx) = self.tx.take() else {
             return Flow::Continue;
         };
-        match collector.finish() {
+        let checked = collector.finish().and_then(|content| {
+            if data::count_received(&content) > data::MAX_HOPS {
+                Err(DataRejection::TooManyHops)
+            } else {
+                Ok(content)
+            }
+        });
+        match checked {
             Ok(content) => self.queue_message(conn, tx, content).await,
             Err(rejection) => {
                 tracing::info!(queue_id = %tx.id, client = %self.ip, reason = rejection.reason(), "message rejected");
@@ -607,8 +618,7 @@ impl Session {
             for_rcpt: single,
             timestamp: now,
         });
-        let mut stored = Vec::with_capacity(received.len() + content.len() + 128);
-        stored.extend_from_slice(received.as_bytes());
+        let mut prefix = received.into_bytes();
         let message_id = match data::find_message_id(&content) {
             Some(id) if id.is_empty() => None,
             Some(id) => Some(id),
@@ -616,12 +626,13 @@ impl Session {
                 // RFC 5322 section 3.6.4: a message SHOULD have one; we add it so
                 // the evidence and the recipient can name the message.
                 let id = format!("<{}@{}>", tx.id, self.host());
-                stored.extend_from_slice(format!("Message-ID: {id}\r\n").as_bytes());
+                prefix.extend_from_slice(format!("Message-ID: {id}\r\n").as_bytes());
                 Some(id)
             }
         };
-        stored.extend_from_slice(&content);
-        drop(content);
+        // Insert in front of the content in place (no second copy of a large message).
+        let mut stored = content;
+        stored.splice(0..0, prefix);
         let id = tx.id.clone();
         let env = Envelope {
             record_version: RECORD_VERSION,
