@@ -180,20 +180,7 @@ pub fn format_list(envs: &[Envelope], now: u64) -> String {
 fn notify_words(n: Option<Notify>) -> String {
     match n {
         None => "default (failure, delay)".into(),
-        Some(n) if n.never => "never".into(),
-        Some(n) => {
-            let mut w = Vec::new();
-            if n.success {
-                w.push("success");
-            }
-            if n.failure {
-                w.push("failure");
-            }
-            if n.delay {
-                w.push("delay");
-            }
-            w.join(", ")
-        }
+        Some(n) => n.keywords().join(", ").to_ascii_lowercase(),
     }
 }
 

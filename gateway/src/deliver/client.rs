@@ -855,22 +855,9 @@ fn rcpt_to_line(r: &super::RcptRequest, caps: &Capabilities) -> String {
     let mut line = format!("RCPT TO:<{}>", r.address);
     if caps.dsn {
         if let Some(n) = r.notify {
-            if n.never {
-                line.push_str(" NOTIFY=NEVER");
-            } else {
-                let mut v = Vec::new();
-                if n.success {
-                    v.push("SUCCESS");
-                }
-                if n.failure {
-                    v.push("FAILURE");
-                }
-                if n.delay {
-                    v.push("DELAY");
-                }
-                if !v.is_empty() {
-                    line.push_str(&format!(" NOTIFY={}", v.join(",")));
-                }
+            let words = n.keywords();
+            if !words.is_empty() {
+                line.push_str(&format!(" NOTIFY={}", words.join(",")));
             }
         }
         if let Some(orcpt) = &r.orcpt {

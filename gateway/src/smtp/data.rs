@@ -198,19 +198,7 @@ pub(crate) fn find_message_id(content: &[u8]) -> Option<String> {
 }
 
 /// TLS details of the inbound hop.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct TlsInfo {
-    pub version: String,
-    pub cipher: String,
-    pub group: Option<String>,
-}
-
-impl TlsInfo {
-    /// The form kept in `ClientInfo.tls`, e.g. "TLSv1.3 TLS13_AES_256_GCM_SHA384".
-    pub fn summary(&self) -> String {
-        format!("{} {}", self.version, self.cipher)
-    }
-}
+pub(crate) type TlsInfo = crate::tls::Negotiated;
 
 /// What the Received header says about the hop.
 pub(crate) struct Trace<'a> {

@@ -282,7 +282,7 @@ impl Server {
                 let handshake = sh.acceptor.accept(conn.into_inner());
                 match tokio::time::timeout(write_timeout, handshake).await {
                     Ok(Ok(tls)) => {
-                        let info = tls_info(tls.get_ref().1);
+                        let info = TlsInfo::of(tls.get_ref().1);
                         tracing::info!(
                             client = %ip,
                             version = %info.version,
@@ -305,28 +305,6 @@ impl Server {
             Flow::Close | Flow::Continue => conn.close().await,
         }
         tracing::info!(client = %ip, messages = session.accepted, "disconnect");
-    }
-}
-
-/// The facts of the inbound TLS session for the Received header and the envelope.
-fn tls_info(conn: &rustls::ServerConnection) -> TlsInfo {
-    let version = match conn.protocol_version() {
-        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
-        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
-        Some(v) => format!("{v:?}"),
-        None => "unknown".to_string(),
-    };
-    let cipher = conn
-        .negotiated_cipher_suite()
-        .map(|s| format!("{:?}", s.suite()))
-        .unwrap_or_else(|| "unknown".into());
-    let group = conn
-        .negotiated_key_exchange_group()
-        .map(|g| format!("{:?}", g.name()));
-    TlsInfo {
-        version,
-        cipher,
-        group,
     }
 }
 

@@ -72,6 +72,21 @@ pub struct Notify {
 }
 
 impl Notify {
+    /// The RFC 3461 keywords: `["NEVER"]`, or some of SUCCESS, FAILURE, DELAY.
+    pub fn keywords(&self) -> Vec<&'static str> {
+        if self.never {
+            return vec!["NEVER"];
+        }
+        [
+            (self.success, "SUCCESS"),
+            (self.failure, "FAILURE"),
+            (self.delay, "DELAY"),
+        ]
+        .into_iter()
+        .filter_map(|(on, k)| on.then_some(k))
+        .collect()
+    }
+
     pub fn wants_success(n: Option<Notify>) -> bool {
         n.is_some_and(|n| !n.never && n.success)
     }

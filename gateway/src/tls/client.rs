@@ -33,7 +33,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, ClientConnection, DigitallySignedStruct, Error as TlsError,
-    ProtocolVersion, RootCertStore, SignatureScheme,
+    RootCertStore, SignatureScheme,
 };
 
 use crate::config::Level;
@@ -260,16 +260,6 @@ impl ServerCertVerifier for AcceptAnyChain {
 }
 
 /// "TLSv1.2" / "TLSv1.3" (the spelling of OpenSSL and Postfix logs).
-pub fn version_name(v: ProtocolVersion) -> String {
-    match v {
-        ProtocolVersion::TLSv1_3 => "TLSv1.3".into(),
-        ProtocolVersion::TLSv1_2 => "TLSv1.2".into(),
-        ProtocolVersion::TLSv1_1 => "TLSv1.1".into(),
-        ProtocolVersion::TLSv1_0 => "TLSv1.0".into(),
-        other => format!("{other:?}"),
-    }
-}
-
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(digest::digest(&digest::SHA256, data).as_ref())
 }
@@ -286,17 +276,11 @@ pub fn cert_fingerprints(leaf: &CertificateDer<'_>) -> (String, Option<String>) 
 
 /// The facts of an established session, for the attempt record and the log.
 pub fn session_facts(conn: &ClientConnection, pkix_verified: bool) -> TlsFacts {
-    let version = conn
-        .protocol_version()
-        .map(version_name)
-        .unwrap_or_else(|| "unknown".into());
-    let cipher = conn
-        .negotiated_cipher_suite()
-        .map(|s| format!("{:?}", s.suite()))
-        .unwrap_or_else(|| "unknown".into());
-    let group = conn
-        .negotiated_key_exchange_group()
-        .map(|g| format!("{:?}", g.name()));
+    let super::Negotiated {
+        version,
+        cipher,
+        group,
+    } = super::Negotiated::of(conn);
     let (peer_cert_sha256, peer_spki_sha256) = match conn.peer_certificates() {
         Some([leaf, ..]) => {
             let (c, s) = cert_fingerprints(leaf);
@@ -329,9 +313,10 @@ mod tests {
                 .iter()
                 .map(|s| s.version().version)
                 .collect();
-            assert!(versions
-                .iter()
-                .all(|v| matches!(v, ProtocolVersion::TLSv1_2 | ProtocolVersion::TLSv1_3)));
+            assert!(versions.iter().all(|v| matches!(
+                v,
+                rustls::ProtocolVersion::TLSv1_2 | rustls::ProtocolVersion::TLSv1_3
+            )));
             assert!(!cfg.enable_early_data);
         }
     }
