@@ -1,8 +1,9 @@
-//! (g) Crash test: a concurrent burst of messages, kill -9 of the relay mid-burst,
-//! restart; every message that got 250 must arrive at the MX. Duplicates are
-//! allowed (at-least-once) but reported.
+//! (g) Crash test: a concurrent burst of several hundred messages, kill -9 of the
+//! relay mid-burst (twice), restart, finish the burst; every message that got 250
+//! must arrive at the MX. Duplicates are allowed (at-least-once) but reported.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,54 +12,46 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use qrelay_tests::{build_message, token, Infra, Mx, Relay, SmtpClient};
 
-const MESSAGES: usize = 400;
+const MESSAGES: usize = 500;
 const CONNECTIONS: usize = 8;
-const KILL_AFTER_ACKS: usize = 150;
+/// Kill -9 after this many acknowledgements (counted over the whole run).
+const KILL_POINTS: [usize; 2] = [120, 260];
 
-#[test]
-fn kill9_mid_burst_loses_no_acknowledged_message() {
-    let infra = Infra::get();
-    // Plaintext MX at level may: this test is about durability, not TLS.
-    let mut relay = Relay::start("[class.normal]\nlevel = \"may\"\n").unwrap();
-    let run = token("crash");
-    let pid = Pid::from_raw(relay.pid().unwrap() as i32);
-    let addr = relay.listen;
+struct Burst {
+    run: String,
+    next: AtomicUsize,
+    acked: Mutex<BTreeSet<String>>,
+    errors: AtomicUsize,
+}
 
-    let next = Arc::new(AtomicUsize::new(0));
-    let acked = Arc::new(Mutex::new(BTreeSet::<String>::new()));
+/// Send messages `next..MESSAGES` over `CONNECTIONS` concurrent sessions until all
+/// are sent or, with `kill_at = Some((n, pid))`, until the relay was killed after
+/// the n-th acknowledgement. Returns whether the kill happened.
+fn burst(b: &Arc<Burst>, addr: SocketAddr, kill_at: Option<(usize, Pid)>) -> bool {
     let killed = Arc::new(AtomicBool::new(false));
-    let errors = Arc::new(AtomicUsize::new(0));
-
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let started = Instant::now();
     rt.block_on(async {
         let mut tasks = Vec::new();
         for _ in 0..CONNECTIONS {
-            let (next, acked, killed, errors, run) = (
-                next.clone(),
-                acked.clone(),
-                killed.clone(),
-                errors.clone(),
-                run.clone(),
-            );
+            let (b, killed) = (b.clone(), killed.clone());
             tasks.push(tokio::spawn(async move {
                 let mut conn: Option<SmtpClient> = None;
                 loop {
                     if killed.load(Ordering::SeqCst) {
                         return;
                     }
-                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let i = b.next.fetch_add(1, Ordering::SeqCst);
                     if i >= MESSAGES {
                         if let Some(c) = conn.take() {
                             c.quit().await;
                         }
                         return;
                     }
-                    let tok = format!("{run}-{i:04}");
+                    let tok = format!("{}-{i:04}", b.run);
                     let rcpt = format!("burst-{i}@plain.example.test");
                     let body = format!("message {i} of the crash burst\n{}", "x".repeat(2000));
                     let msg = build_message("sender@lan.test", &[&rcpt], &tok, &body);
@@ -75,20 +68,22 @@ fn kill9_mid_burst_loses_no_acknowledged_message() {
                     match result {
                         Ok(t) if t.accepted() => {
                             let n = {
-                                let mut a = acked.lock().unwrap();
+                                let mut a = b.acked.lock().unwrap();
                                 a.insert(tok);
                                 a.len()
                             };
-                            if n >= KILL_AFTER_ACKS && !killed.swap(true, Ordering::SeqCst) {
-                                let _ = kill(pid, Signal::SIGKILL);
+                            if let Some((at, pid)) = kill_at {
+                                if n >= at && !killed.swap(true, Ordering::SeqCst) {
+                                    let _ = kill(pid, Signal::SIGKILL);
+                                }
                             }
                         }
                         Ok(_) => {
-                            errors.fetch_add(1, Ordering::SeqCst);
+                            b.errors.fetch_add(1, Ordering::SeqCst);
                         }
                         Err(_) => {
                             // Connection broken (the kill, most likely): drop it.
-                            errors.fetch_add(1, Ordering::SeqCst);
+                            b.errors.fetch_add(1, Ordering::SeqCst);
                             conn = None;
                         }
                     }
@@ -99,21 +94,46 @@ fn kill9_mid_burst_loses_no_acknowledged_message() {
             t.await.unwrap();
         }
     });
-    let acked: BTreeSet<String> = acked.lock().unwrap().clone();
+    killed.load(Ordering::SeqCst)
+}
+
+#[test]
+fn kill9_mid_burst_loses_no_acknowledged_message() {
+    let infra = Infra::get();
+    // Plaintext MX at level may: this test is about durability, not TLS.
+    let mut relay = Relay::start("[class.normal]\nlevel = \"may\"\n").unwrap();
+    let b = Arc::new(Burst {
+        run: token("crash"),
+        next: AtomicUsize::new(0),
+        acked: Mutex::new(BTreeSet::new()),
+        errors: AtomicUsize::new(0),
+    });
+    let started = Instant::now();
+    for at in KILL_POINTS {
+        let pid = Pid::from_raw(relay.pid().unwrap() as i32);
+        let killed = burst(&b, relay.listen, Some((at, pid)));
+        let acked = b.acked.lock().unwrap().len();
+        println!(
+            "kill point {at}: killed: {killed}, {acked} acknowledged so far, {} failed/refused, {:?}",
+            b.errors.load(Ordering::SeqCst),
+            started.elapsed()
+        );
+        assert!(
+            killed,
+            "the relay acknowledged only {acked} messages; never reached the kill point {at}"
+        );
+        relay.kill9(); // reap
+        relay.restart().unwrap();
+    }
+    // The rest of the burst against the restarted relay.
+    burst(&b, relay.listen, None);
+    let acked: BTreeSet<String> = b.acked.lock().unwrap().clone();
     println!(
-        "burst: {} acknowledged, {} failed/refused, killed: {}, {:?}",
+        "burst done: {} of {MESSAGES} acknowledged, {} failed/refused, {:?}",
         acked.len(),
-        errors.load(Ordering::SeqCst),
-        killed.load(Ordering::SeqCst),
+        b.errors.load(Ordering::SeqCst),
         started.elapsed()
     );
-    assert!(
-        killed.load(Ordering::SeqCst),
-        "the relay acknowledged only {} messages; never reached the kill point",
-        acked.len()
-    );
-    relay.kill9(); // reap
-    relay.restart().unwrap();
 
     // Every acknowledged message must arrive; count copies per token.
     let mailbox = infra.mailbox(Mx::Plain);
@@ -122,7 +142,7 @@ fn kill9_mid_burst_loses_no_acknowledged_message() {
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         for m in mailbox.messages() {
             if let Some(t) = m.header("X-Test-Token") {
-                if t.starts_with(&run) {
+                if t.starts_with(&b.run) {
                     *counts.entry(t).or_default() += 1;
                 }
             }
@@ -140,8 +160,8 @@ fn kill9_mid_burst_loses_no_acknowledged_message() {
     let duplicates: usize = counts.values().map(|c| c.saturating_sub(1)).sum();
     let unacked_delivered = counts.keys().filter(|t| !acked.contains(*t)).count();
     println!(
-        "after restart: {} distinct delivered, {duplicates} duplicate copies, \
-         {unacked_delivered} delivered without a 250 (in flight at the kill), {} missing",
+        "delivered: {} distinct, {duplicates} duplicate copies, {unacked_delivered} \
+         without a 250 (in flight at a kill), {} acknowledged but missing",
         counts.len(),
         missing.len()
     );
@@ -151,5 +171,10 @@ fn kill9_mid_burst_loses_no_acknowledged_message() {
         missing.len(),
         &missing[..missing.len().min(10)],
         relay.log_tail(40)
+    );
+    assert!(
+        acked.len() >= MESSAGES - 50,
+        "only {} of {MESSAGES} messages were acknowledged",
+        acked.len()
     );
 }
