@@ -135,3 +135,35 @@ fn smtp_client_reports_per_recipient_replies() {
     assert!(m.body().contains("\n.leading dot\n") || m.body().starts_with(".leading dot"));
     assert_eq!(m.header("X-Test-Token").as_deref(), Some(tok.as_str()));
 }
+
+/// posttls-finger (Postfix's own TLS probe) as a second opinion on the peers: the
+/// CA-signed MX verify against the test CA, the self-signed one does not, the
+/// plain one offers no TLS.
+#[test]
+fn posttls_finger_second_opinion_on_the_peers() {
+    let infra = Infra::get();
+    let finger = |mx: Mx, level: &str| {
+        let out = std::process::Command::new("posttls-finger")
+            .args(["-l", level, "-F"])
+            .arg(&infra.ca_file)
+            .arg(format!("[{}]:25", mx.ip()))
+            .arg(mx.hostname())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    for mx in [Mx::Ca, Mx::Lan] {
+        let t = finger(mx, "secure");
+        assert!(t.contains("Verified TLS connection established"), "{t}");
+    }
+    let t = finger(Mx::SelfSigned, "secure");
+    assert!(t.contains("Untrusted TLS connection established"), "{t}");
+    let t = finger(Mx::Plain, "may");
+    assert!(!t.contains("STARTTLS"), "{t}");
+    assert!(!t.contains("TLS connection established"), "{t}");
+}
