@@ -367,3 +367,69 @@ fn mx_host_without_address_is_not_delivered_and_not_lost() {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+#[test]
+fn inbound_starttls_from_the_lan_client() {
+    let infra = Infra::get();
+    let relay = Relay::start(&level("trusted")).unwrap();
+    let tok = token("inbound-tls");
+    let t = qrelay_tests::swaks(
+        relay.listen,
+        "sender@lan.test",
+        &format!("{tok}@ca.example.test"),
+        &tok,
+        &["--tls"],
+    )
+    .unwrap();
+    assert!(t.contains("STARTTLS"), "{t}");
+    let m = infra.mailbox(Mx::Ca).wait_for_token(&tok, ARRIVE).unwrap();
+    assert_tls(&m, Mx::Ca);
+    let ours = m
+        .received()
+        .into_iter()
+        .find(|r| r.contains("by qrelay.lan.test"))
+        .unwrap_or_else(|| panic!("no Received header by qrelay: {:#?}", m.received()));
+    println!("qrelay's Received: {ours}");
+    assert!(ours.contains("TLS"), "inbound TLS not recorded: {ours}");
+}
+
+#[test]
+fn held_message_expires_with_a_dsn_naming_the_tls_reason() {
+    let relay = Relay::start(
+        "[class.normal]\nlevel = \"encrypted\"\n[delivery]\nqueue_lifetime = \"4s\"\n",
+    )
+    .unwrap();
+    let tok = token("expire");
+    let sender = format!("sender-{tok}@lan.test");
+    let rcpt = format!("{tok}@plain.example.test");
+    let id = relay.swaks(&sender, &rcpt, &tok).unwrap();
+    let dsn = wait_dsn(&sender, Duration::from_secs(40));
+    let lower = dsn.raw.to_lowercase();
+    assert!(lower.contains("action: failed"), "{}", dsn.raw);
+    assert!(dsn.raw.contains(&rcpt), "{}", dsn.raw);
+    assert!(
+        lower.contains("tls"),
+        "the DSN does not say why:\n{}",
+        dsn.raw
+    );
+    relay
+        .wait_queue(|l| !l.contains(&id), Duration::from_secs(10))
+        .unwrap();
+}
+
+#[test]
+fn delay_warning_dsn_while_held() {
+    let relay =
+        Relay::start("[class.normal]\nlevel = \"encrypted\"\n[delivery]\ndelay_warning = \"2s\"\n")
+            .unwrap();
+    let tok = token("delay");
+    let sender = format!("sender-{tok}@lan.test");
+    let rcpt = format!("{tok}@plain.example.test");
+    let id = relay.swaks(&sender, &rcpt, &tok).unwrap();
+    let dsn = wait_dsn(&sender, Duration::from_secs(30));
+    let lower = dsn.raw.to_lowercase();
+    assert!(lower.contains("action: delayed"), "{}", dsn.raw);
+    assert!(dsn.raw.contains(&rcpt), "{}", dsn.raw);
+    // Still queued after the warning.
+    assert!(relay.queue_list().unwrap().contains(&id));
+}
