@@ -102,9 +102,11 @@ fn encrypted_to_mx_without_starttls_is_held() {
     let out = relay.wait_pending_with_reason(&id, &["tls"], HELD).unwrap();
     println!("queue state:\n{out}");
     assert_never_arrives(&infra.mailbox(Mx::Plain), &tok, Duration::from_secs(3));
+    let list = relay.queue_list().unwrap();
+    assert!(list.contains(&id), "message left the queue:\n{list}");
     assert!(
-        relay.queue_list().unwrap().contains(&id),
-        "message left the queue"
+        list.contains("TLS"),
+        "`queue list` does not show the TLS reason:\n{list}"
     );
 }
 
