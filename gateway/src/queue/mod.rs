@@ -11,6 +11,12 @@
 //! push `next_attempt` along the retry schedule) -> `Delivered` or `Failed` (5xx, null
 //! MX, queue lifetime over). Once every recipient is final and its notice (failure
 //! DSN, success DSN when NOTIFY=SUCCESS) is queued, the message leaves the spool.
+//!
+//! New messages come in two ways: [`Queue::submit`] for content built in memory
+//! (DSNs), and [`Queue::begin`] / [`IncomingMessage::write`] / [`Queue::commit`] for
+//! the SMTP server, which streams the content to disk while it arrives so that a
+//! session holds at most [`WRITE_BATCH`] bytes of it, whatever the message size.
+//! Both end in the same durable commit ([`crate::spool::Spool::commit`]).
 
 mod schedule;
 
@@ -27,7 +33,7 @@ use crate::deliver::{DeliveryReport, DeliveryRequest, RcptOutcome, RcptRequest, 
 use crate::spool::record::{
     now_secs, Attempt, ClientInfo, Envelope, Notify, QueueId, RcptState, Recipient, RECORD_VERSION,
 };
-use crate::spool::{Spool, SpoolError};
+use crate::spool::{Incoming, Spool, SpoolError};
 
 pub use schedule::RetrySchedule;
 
@@ -37,6 +43,10 @@ const MAX_IDLE: Duration = Duration::from_secs(30);
 
 /// How long shutdown waits for deliveries under way to finish and record their result.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// A streamed message is collected into batches of this size, each written on the
+/// blocking pool in one go (one thread hop per batch, not per line).
+pub const WRITE_BATCH: usize = 64 * 1024;
 
 /// Why a message could not be taken into the queue. The SMTP server maps these to
 /// replies: `DiskFull` -> 452 4.3.1, `Io` -> 451 4.3.0.
@@ -139,10 +149,48 @@ impl Queue {
     }
 
     /// Durably store a new message and schedule it. Returns only after the message
-    /// is on disk (fsynced): the caller may then answer 250.
+    /// is on disk (fsynced): the caller may then answer 250. For content built in
+    /// memory (DSNs); the SMTP server streams with [`Queue::begin`].
     pub async fn submit(&self, env: Envelope, content: Vec<u8>) -> Result<(), SubmitError> {
         let spool = self.inner.spool.clone();
         let env = blocking(move || spool.store(&env, &content).map(|_| env)).await?;
+        self.enqueue(env);
+        Ok(())
+    }
+
+    /// Start receiving message `id`: its content is written to the spool's `tmp/`
+    /// as it arrives, and becomes part of the queue only with [`Queue::commit`].
+    pub async fn begin(&self, id: QueueId) -> Result<IncomingMessage, SubmitError> {
+        let spool = self.inner.spool.clone();
+        let id2 = id.clone();
+        let incoming = blocking(move || spool.incoming(&id2)).await?;
+        Ok(IncomingMessage {
+            id,
+            incoming: Some(incoming),
+            batch: Vec::with_capacity(WRITE_BATCH),
+            len: 0,
+        })
+    }
+
+    /// Durably store a message received with [`Queue::begin`] under `env`, and
+    /// schedule it. Returns only after content and envelope are on disk (fsynced):
+    /// the caller may then answer 250. On error nothing of the message is left.
+    pub async fn commit(&self, mut msg: IncomingMessage, env: Envelope) -> Result<(), SubmitError> {
+        let incoming = msg.incoming.take().ok_or_else(IncomingMessage::abandoned)?;
+        let batch = std::mem::take(&mut msg.batch);
+        let spool = self.inner.spool.clone();
+        let env = blocking(move || {
+            let mut incoming = incoming;
+            incoming.write_all(&batch)?;
+            spool.commit(incoming, &env).map(|_| env)
+        })
+        .await?;
+        self.enqueue(env);
+        Ok(())
+    }
+
+    /// Take a message that is durably stored into the schedule.
+    fn enqueue(&self, env: Envelope) {
         tracing::info!(queue_id = %env.id, from = %env.sender, nrcpt = env.recipients.len(), size = env.size, "queued");
         self.lock().messages.insert(
             env.id.clone(),
@@ -153,7 +201,6 @@ impl Queue {
             },
         );
         self.inner.wakeup.notify_one();
-        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -629,6 +676,96 @@ fn notice_envelope(dsn: &Dsn, hostname: &str) -> Envelope {
         },
         message_id: None,
         recipients: vec![Recipient::new(to.to_string(), None, None, now)],
+    }
+}
+
+/// A message being received (see [`Queue::begin`]). Writes are collected into a
+/// batch of [`WRITE_BATCH`] bytes, which goes to disk on the blocking pool when
+/// full. Dropped without [`Queue::commit`], its temporary file is removed; use
+/// [`IncomingMessage::discard`] to wait for that.
+pub struct IncomingMessage {
+    id: QueueId,
+    /// None while nothing can be written any more (a write failed).
+    incoming: Option<Incoming>,
+    batch: Vec<u8>,
+    len: u64,
+}
+
+impl IncomingMessage {
+    pub fn id(&self) -> &QueueId {
+        &self.id
+    }
+
+    /// Bytes of content so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn abandoned() -> SubmitError {
+        SubmitError::Io("message abandoned after an earlier spool error".into())
+    }
+
+    /// Append to the content. After an error the message is gone (its file
+    /// removed); later writes and the commit fail too.
+    pub async fn write(&mut self, mut bytes: &[u8]) -> Result<(), SubmitError> {
+        if self.incoming.is_none() {
+            return Err(Self::abandoned());
+        }
+        while !bytes.is_empty() {
+            let n = (WRITE_BATCH - self.batch.len()).min(bytes.len());
+            self.batch.extend_from_slice(&bytes[..n]);
+            self.len += n as u64;
+            bytes = &bytes[n..];
+            if self.batch.len() >= WRITE_BATCH {
+                self.write_batch().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_batch(&mut self) -> Result<(), SubmitError> {
+        let mut incoming = self.incoming.take().ok_or_else(Self::abandoned)?;
+        let mut batch = std::mem::take(&mut self.batch);
+        let (incoming, batch) = blocking(move || {
+            // On error `incoming` is dropped here, removing the file off the
+            // async thread.
+            incoming.write_all(&batch)?;
+            batch.clear();
+            Ok((incoming, batch))
+        })
+        .await?;
+        self.incoming = Some(incoming);
+        self.batch = batch;
+        Ok(())
+    }
+
+    /// Give the message up and wait until its temporary file is removed.
+    pub async fn discard(mut self) {
+        if let Some(incoming) = self.incoming.take() {
+            let id = self.id.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || drop(incoming)).await {
+                tracing::warn!(queue_id = %id, error = %e, "removing an abandoned message failed");
+            }
+        }
+    }
+}
+
+impl Drop for IncomingMessage {
+    fn drop(&mut self) {
+        // Not committed (the session ended or was aborted mid-DATA): remove the
+        // temporary file, off the async thread when there is a runtime.
+        if let Some(incoming) = self.incoming.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn_blocking(move || drop(incoming));
+                }
+                Err(_) => drop(incoming),
+            }
+        }
     }
 }
 

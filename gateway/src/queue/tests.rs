@@ -329,3 +329,35 @@ fn status_code_is_found_in_replies() {
     assert_eq!(status_of("250 Ok"), None);
     assert_eq!(status_of("550 5.7.1 relay denied"), Some("5.7.1".into()));
 }
+
+#[tokio::test]
+async fn streamed_message_is_committed_in_batches_and_scheduled() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), 0).unwrap();
+    let q = Queue::new(spool, config(), vec![]);
+    let mut env = env_for("a@lan.test", &["b@remote.test"], now_secs());
+    let content: Vec<u8> = (0..3 * WRITE_BATCH + 17).map(|i| (i % 251) as u8).collect();
+    let mut msg = q.begin(env.id.clone()).await.unwrap();
+    for piece in content.chunks(1000) {
+        msg.write(piece).await.unwrap();
+    }
+    assert_eq!(msg.len(), content.len() as u64);
+    env.size = msg.len();
+    assert!(q.is_empty(), "not in the queue before the commit");
+    q.commit(msg, env.clone()).await.unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q.spool().content(&env.id).unwrap(), content);
+    let rec = Spool::open(dir.path(), 0).unwrap().recover().unwrap();
+    assert_eq!(rec.envelopes, vec![env]);
+    assert_eq!(rec.temp_removed, 0);
+
+    // Given up: its file is gone once discard returns; nothing is queued.
+    let mut msg = q.begin(QueueId::generate()).await.unwrap();
+    msg.write(&content).await.unwrap();
+    msg.discard().await;
+    assert!(std::fs::read_dir(dir.path().join("queue/tmp"))
+        .unwrap()
+        .next()
+        .is_none());
+    assert_eq!(q.len(), 1);
+}

@@ -18,6 +18,19 @@
 //! Lines longer than `smtp.max_line_length` and messages larger than
 //! `smtp.max_message_size` are likewise read to the end, never stored, and
 //! refused with `552 5.3.4`.
+//!
+//! # Streaming, and what is held in memory
+//!
+//! The content is not collected in memory: a session may receive a 50 MiB message
+//! while hundreds of others do the same. [`DataStream`] holds back only the header
+//! section (at most [`MAX_HEADER_SECTION`] bytes), because what is prepended
+//! depends on it: the hop count decides whether the message is a loop, and the
+//! Message-ID field whether one is added. Once the header section is complete it is
+//! handed over to be stored behind our Received field, and every later line is
+//! handed over as it arrives, to be written to the spool. A header section over the
+//! limit is refused with `552 5.3.4` like an over-long message (Postfix has the
+//! same kind of limit, `header_size_limit`). A refused message stops being
+//! handed over at once; the caller removes what was written.
 
 use std::net::IpAddr;
 
@@ -28,6 +41,8 @@ use crate::spool::record::QueueId;
 pub(crate) enum DataRejection {
     #[error("552 5.3.4 Message size exceeds fixed maximum message size")]
     TooBig,
+    #[error("552 5.3.4 Message header section exceeds the size limit")]
+    HeaderTooBig,
     #[error("552 5.3.4 Message contains a line longer than the limit")]
     LineTooLong,
     #[error(
@@ -44,6 +59,7 @@ impl DataRejection {
     pub fn reason(self) -> &'static str {
         match self {
             DataRejection::TooBig => "message too big",
+            DataRejection::HeaderTooBig => "header section too big",
             DataRejection::LineTooLong => "line too long",
             DataRejection::BareLineEnding => "bare CR or LF in message",
             DataRejection::TooManyHops => "too many Received headers (mail loop)",
@@ -51,33 +67,77 @@ impl DataRejection {
     }
 }
 
-/// Collects the lines of one DATA phase.
-pub(crate) struct DataCollector {
-    content: Vec<u8>,
+/// The most bytes of header section held in memory (see the module docs).
+pub(crate) const MAX_HEADER_SECTION: usize = 1024 * 1024;
+
+/// What to do with one line of data (see [`DataStream::line`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Fed<'a> {
+    /// Nothing to store now: the line is part of the header section being held,
+    /// or the message is refused.
+    Held,
+    /// The header section is complete (and passed the hop count): store it, then
+    /// this line, the first of the body.
+    HeaderEnd(Vec<u8>, &'a [u8]),
+    /// Store this body line (dot-unstuffed, with its CRLF).
+    Body(&'a [u8]),
+    /// End of data. Carries the header section if it was still held (a message
+    /// without a body), to be stored like in `HeaderEnd`.
+    End(Option<Vec<u8>>),
+}
+
+enum Phase {
+    /// Holding the header section; `first` until its first line is seen.
+    Header { held: Vec<u8>, first: bool },
+    /// Past the header section (or refused): nothing is held.
+    Body,
+}
+
+/// Frames, unstuffs and checks the lines of one DATA phase, holding only the
+/// header section.
+pub(crate) struct DataStream {
     max_size: usize,
+    max_header: usize,
+    /// Content bytes so far (dot-unstuffed, as they will be stored).
+    size: usize,
+    phase: Phase,
     /// The previous line ended with CRLF (true at the start of the data).
     at_line_start: bool,
     bare: bool,
     too_big: bool,
+    header_too_big: bool,
     line_too_long: bool,
+    too_many_hops: bool,
 }
 
-impl DataCollector {
-    pub fn new(max_size: u64) -> Self {
-        DataCollector {
-            content: Vec::new(),
+impl DataStream {
+    pub fn new(max_size: u64, max_header: usize) -> Self {
+        DataStream {
             max_size: usize::try_from(max_size).unwrap_or(usize::MAX),
+            max_header,
+            size: 0,
+            phase: Phase::Header {
+                held: Vec::new(),
+                first: true,
+            },
             at_line_start: true,
             bare: false,
             too_big: false,
+            header_too_big: false,
             line_too_long: false,
+            too_many_hops: false,
         }
     }
 
-    /// Feed one line including its LF. Returns true when it was the end of data.
-    pub fn line(&mut self, line: &[u8]) -> bool {
+    /// The message will be refused; nothing more is handed over for storing.
+    pub fn refused(&self) -> bool {
+        self.bare || self.too_big || self.header_too_big || self.line_too_long || self.too_many_hops
+    }
+
+    /// Feed one line including its LF.
+    pub fn line<'a>(&mut self, line: &'a [u8]) -> Fed<'a> {
         if self.at_line_start && line == b".\r\n" {
-            return true;
+            return Fed::End(self.end_of_header());
         }
         let crlf = line.ends_with(b"\r\n");
         let body_end = if crlf { line.len() - 2 } else { line.len() };
@@ -93,37 +153,94 @@ impl DataCollector {
             line
         };
         self.at_line_start = crlf;
-        if self.too_big || self.bare || self.line_too_long {
-            // Refused anyway: keep reading to the end, store nothing more.
-            return false;
-        }
-        if self.content.len() + line.len() > self.max_size {
+        if self.size + line.len() > self.max_size {
             self.too_big = true;
-            self.content = Vec::new();
-        } else {
-            self.content.extend_from_slice(line);
         }
-        false
+        if self.refused() {
+            // Refused anyway: keep reading to the end, hold nothing more.
+            self.phase = Phase::Body;
+            return Fed::Held;
+        }
+        self.size += line.len();
+        match &mut self.phase {
+            Phase::Body => Fed::Body(line),
+            Phase::Header { held, first } => {
+                if !is_header_line(line, *first) {
+                    return match self.end_of_header() {
+                        Some(head) => Fed::HeaderEnd(head, line),
+                        None => Fed::Held,
+                    };
+                }
+                let needed = held.len() + line.len();
+                if needed > self.max_header {
+                    self.header_too_big = true;
+                    self.phase = Phase::Body;
+                    return Fed::Held;
+                }
+                if needed > held.capacity() {
+                    // Grow by doubling, but never past the limit: it bounds the
+                    // allocation, not only the length.
+                    let target = held
+                        .capacity()
+                        .saturating_mul(2)
+                        .clamp(needed, self.max_header);
+                    held.reserve_exact(target - held.len());
+                }
+                held.extend_from_slice(line);
+                *first = false;
+                Fed::Held
+            }
+        }
+    }
+
+    /// Leave the header phase; the header section to store, unless refused.
+    fn end_of_header(&mut self) -> Option<Vec<u8>> {
+        let Phase::Header { held, .. } = std::mem::replace(&mut self.phase, Phase::Body) else {
+            return None;
+        };
+        if self.refused() {
+            return None;
+        }
+        if count_received(&held) > MAX_HOPS {
+            self.too_many_hops = true;
+            return None;
+        }
+        Some(held)
     }
 
     /// An over-long line was discarded by the reader.
     pub fn too_long_line(&mut self, crlf: bool) {
         self.line_too_long = true;
-        self.content = Vec::new();
+        self.phase = Phase::Body;
         self.at_line_start = crlf;
     }
 
-    pub fn finish(self) -> Result<Vec<u8>, DataRejection> {
+    /// After the end of data: whether the message is accepted.
+    pub fn finish(&self) -> Result<(), DataRejection> {
         if self.too_big {
             Err(DataRejection::TooBig)
+        } else if self.header_too_big {
+            Err(DataRejection::HeaderTooBig)
         } else if self.line_too_long {
             Err(DataRejection::LineTooLong)
         } else if self.bare {
             Err(DataRejection::BareLineEnding)
+        } else if self.too_many_hops {
+            Err(DataRejection::TooManyHops)
         } else {
-            Ok(self.content)
+            Ok(())
         }
     }
+}
+
+/// A header field line (`name:`) or, after the first line, a continuation line.
+fn is_header_line(line: &[u8], first: bool) -> bool {
+    let is_continuation = !first && matches!(line.first(), Some(b' ' | b'\t'));
+    let is_field = line
+        .iter()
+        .position(|&b| b == b':')
+        .is_some_and(|colon| colon > 0 && line[..colon].iter().all(|&b| (33..=126).contains(&b)));
+    is_continuation || is_field
 }
 
 /// The end of the header section: the index just past the header lines (before
@@ -138,12 +255,7 @@ fn header_section(content: &[u8]) -> &[u8] {
             .position(|w| w == b"\r\n")
             .map(|i| pos + i + 2)
             .unwrap_or(content.len());
-        let line = &content[pos..end];
-        let is_continuation = !first && matches!(line.first(), Some(b' ' | b'\t'));
-        let is_field = line.iter().position(|&b| b == b':').is_some_and(|colon| {
-            colon > 0 && line[..colon].iter().all(|&b| (33..=126).contains(&b))
-        });
-        if !(is_continuation || is_field) {
+        if !is_header_line(&content[pos..end], first) {
             break;
         }
         first = false;
@@ -264,16 +376,41 @@ pub(crate) fn protocol_keyword(esmtp: bool, tls: bool, auth: bool, smtputf8: boo
 mod tests {
     use super::*;
 
-    fn collect(data: &[u8], max: u64) -> (Result<Vec<u8>, DataRejection>, usize) {
-        let mut c = DataCollector::new(max);
+    /// Runs a DATA phase through a [`DataStream`] and collects what it hands over
+    /// for storing: the content, and how many bytes were consumed.
+    fn collect_with(
+        data: &[u8],
+        max: u64,
+        max_header: usize,
+    ) -> (Result<Vec<u8>, DataRejection>, usize) {
+        let mut c = DataStream::new(max, max_header);
+        let mut stored = Vec::new();
         let mut consumed = 0;
         for line in data.split_inclusive(|&b| b == b'\n') {
             consumed += line.len();
-            if c.line(line) {
-                return (c.finish(), consumed);
+            match c.line(line) {
+                Fed::Held => {}
+                Fed::HeaderEnd(head, first) => {
+                    stored.extend_from_slice(&head);
+                    stored.extend_from_slice(first);
+                }
+                Fed::Body(l) => stored.extend_from_slice(l),
+                Fed::End(head) => {
+                    if let Some(head) = head {
+                        stored.extend_from_slice(&head);
+                    }
+                    return (c.finish().map(|()| stored), consumed);
+                }
+            }
+            if c.refused() {
+                assert!(matches!(c.phase, Phase::Body), "nothing held once refused");
             }
         }
         panic!("no end of data in {:?}", String::from_utf8_lossy(data));
+    }
+
+    fn collect(data: &[u8], max: u64) -> (Result<Vec<u8>, DataRejection>, usize) {
+        collect_with(data, max, MAX_HEADER_SECTION)
     }
 
     #[test]
@@ -309,6 +446,67 @@ mod tests {
     fn size_limit_reads_to_end() {
         let (r, _) = collect(b"0123456789\r\n0123456789\r\n.\r\n", 15);
         assert_eq!(r, Err(DataRejection::TooBig));
+    }
+
+    #[test]
+    fn header_section_is_held_then_body_lines_pass_through() {
+        let mut c = DataStream::new(1000, 1000);
+        assert_eq!(c.line(b"Subject: x\r\n"), Fed::Held);
+        assert_eq!(c.line(b"\tfolded\r\n"), Fed::Held);
+        assert_eq!(
+            c.line(b"\r\n"),
+            Fed::HeaderEnd(b"Subject: x\r\n\tfolded\r\n".to_vec(), b"\r\n")
+        );
+        assert_eq!(c.line(b"..body\r\n"), Fed::Body(b".body\r\n"));
+        assert_eq!(c.line(b".\r\n"), Fed::End(None));
+        assert_eq!(c.finish(), Ok(()));
+
+        // Headers only, no body: handed over at the end.
+        let (r, _) = collect(b"Subject: x\r\n.\r\n", 1000);
+        assert_eq!(r.unwrap(), b"Subject: x\r\n");
+        // No header section at all.
+        let (r, _) = collect(b"just text\r\n.\r\n", 1000);
+        assert_eq!(r.unwrap(), b"just text\r\n");
+    }
+
+    #[test]
+    fn header_section_over_the_limit_is_refused_and_not_held() {
+        let mut data = b"Subject: x\r\n".repeat(100);
+        data.extend_from_slice(b"\r\nbody\r\n.\r\n");
+        let (r, n) = collect_with(&data, 1_000_000, 1000);
+        assert_eq!(r, Err(DataRejection::HeaderTooBig));
+        assert_eq!(n, data.len(), "read to the end");
+        let (r, _) = collect_with(&data, 1_000_000, 10_000);
+        assert_eq!(r.unwrap(), &data[..data.len() - 3]);
+    }
+
+    #[test]
+    fn held_header_allocation_never_exceeds_the_limit() {
+        let mut c = DataStream::new(u64::MAX, MAX_HEADER_SECTION);
+        let line = format!("X-Filler: {}\r\n", "h".repeat(4000));
+        let mut most = 0;
+        loop {
+            let fed = c.line(line.as_bytes());
+            assert_eq!(fed, Fed::Held);
+            match &c.phase {
+                Phase::Header { held, .. } => most = most.max(held.capacity()),
+                Phase::Body => break,
+            }
+        }
+        assert!(most <= MAX_HEADER_SECTION, "{most}");
+        assert!(most > MAX_HEADER_SECTION - line.len());
+        assert_eq!(c.line(b".\r\n"), Fed::End(None));
+        assert_eq!(c.finish(), Err(DataRejection::HeaderTooBig));
+    }
+
+    #[test]
+    fn mail_loops_are_found_in_the_held_header_section() {
+        let mut data = b"Received: x\r\n".repeat(MAX_HOPS + 1);
+        data.extend_from_slice(b"\r\nReceived: in the body\r\n.\r\n");
+        let (r, _) = collect(&data, 1_000_000);
+        assert_eq!(r, Err(DataRejection::TooManyHops));
+        let (r, _) = collect(&data[14..], 1_000_000);
+        assert!(r.is_ok());
     }
 
     #[test]

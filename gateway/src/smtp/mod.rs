@@ -33,8 +33,13 @@
 //! - **End of data** is only CRLF.CRLF; messages with bare CR or LF are refused
 //!   (SMTP smuggling, see [`data`]).
 //! - **A 250 after DATA means on disk**: the message is acknowledged only after
-//!   [`crate::queue::Queue::submit`] returns, which is after fsync. A nearly full
-//!   disk gives `452 4.3.1` at MAIL (asked before the data is sent) or at the end.
+//!   [`crate::queue::Queue::commit`] returns, which is after content and envelope
+//!   are fsynced. A nearly full disk gives `452 4.3.1` at MAIL (asked before the
+//!   data is sent), at DATA, or at the end.
+//! - **Bounded memory per connection**: the content is streamed into the spool
+//!   while it arrives. A session holds the header section (at most 1 MiB, see
+//!   [`data`]), one line, and a 64 KiB write batch, never the whole message; a
+//!   refused or abandoned message leaves no file behind.
 //! - **Limits** answer clearly and never store what exceeds them: size (`552
 //!   5.3.4`), recipients (`452 4.5.3`), connections (`421 4.7.0` at the greeting),
 //!   timeouts (`421 4.4.2`), line length (`500 5.5.2` for commands, `552 5.3.4` for

@@ -11,11 +11,11 @@ use tokio::time::Instant;
 
 use super::address::{self, Path, PathError};
 use super::auth::{self, SaslError};
-use super::data::{self, DataCollector, DataRejection, TlsInfo, Trace};
+use super::data::{self, DataStream, Fed, TlsInfo, Trace};
 use super::io::{Conn, IoError, Line};
 use super::Shared;
 use crate::config::SmtpConfig;
-use crate::queue::SubmitError;
+use crate::queue::{IncomingMessage, SubmitError};
 use crate::spool::record::{
     now_secs, BodyType, ClientInfo, Envelope, Notify, QueueId, Recipient, Ret, RECORD_VERSION,
 };
@@ -40,6 +40,54 @@ struct Transaction {
     ret: Option<Ret>,
     envid: Option<String>,
     recipients: Vec<Recipient>,
+}
+
+/// Where the DATA phase stores the message while it arrives.
+struct Sink {
+    /// The spool file being written; None once refused or failed.
+    msg: Option<IncomingMessage>,
+    /// The spool failed: the rest of the data is read and dropped, and the client
+    /// is told at the end.
+    failed: Option<SubmitError>,
+    /// The message's Message-ID, found or added.
+    message_id: Option<String>,
+}
+
+impl Sink {
+    async fn write(&mut self, bytes: &[u8]) {
+        let Some(msg) = self.msg.as_mut() else {
+            return;
+        };
+        if let Err(e) = msg.write(bytes).await {
+            tracing::warn!(queue_id = %msg.id(), error = %e, "spool write failed; reading the data to its end");
+            self.failed = Some(e);
+            self.discard().await;
+        }
+    }
+
+    /// The header section is complete: store our Received field, a Message-ID
+    /// field if it has none (RFC 5322 section 3.6.4: a message SHOULD have one; we
+    /// add it so the evidence and the recipient can name the message), and the
+    /// header section itself.
+    async fn head(&mut self, received: &str, added_id: &str, head: Vec<u8>) {
+        let mut prefix = received.as_bytes().to_vec();
+        self.message_id = match data::find_message_id(&head) {
+            Some(id) if id.is_empty() => None,
+            Some(id) => Some(id),
+            None => {
+                prefix.extend_from_slice(format!("Message-ID: {added_id}\r\n").as_bytes());
+                Some(added_id.to_string())
+            }
+        };
+        self.write(&prefix).await;
+        self.write(&head).await;
+    }
+
+    async fn discard(&mut self) {
+        if let Some(msg) = self.msg.take() {
+            msg.discard().await;
+        }
+    }
 }
 
 pub(crate) struct Session {
@@ -551,56 +599,83 @@ impl Session {
             // RFC 2920 section 3.1: 554 when no recipient was accepted.
             return self.fail(conn, "554 5.5.1 Error: no valid recipients");
         }
+        let id = tx.id.clone();
+        let received = self.received_header(tx, now_secs());
+        let msg = match self.shared.queue.begin(id.clone()).await {
+            Ok(msg) => msg,
+            Err(e) => {
+                // Nothing to store into: say so before the client sends the data.
+                self.tx = None;
+                self.spool_refused(conn, &id, &e);
+                return Flow::Continue;
+            }
+        };
+        let mut sink = Sink {
+            msg: Some(msg),
+            failed: None,
+            message_id: None,
+        };
         conn.push("354 End data with <CR><LF>.<CR><LF>");
         let deadline = Instant::now() + self.cfg().data_timeout;
         let max_line = self.cfg().max_line_length;
-        let mut collector = DataCollector::new(self.cfg().max_message_size);
+        let mut stream = DataStream::new(self.cfg().max_message_size, data::MAX_HEADER_SECTION);
+        let added_id = format!("<{}@{}>", id, self.host());
         let mut line = Vec::new();
         loop {
             match conn.read_line(&mut line, max_line, deadline, None).await {
-                Ok(Line::Complete) => {
-                    if collector.line(&line) {
+                Ok(Line::Complete) => match stream.line(&line) {
+                    Fed::Held => {}
+                    Fed::Body(body) => sink.write(body).await,
+                    Fed::HeaderEnd(head, body) => {
+                        sink.head(&received, &added_id, head).await;
+                        sink.write(body).await;
+                    }
+                    Fed::End(head) => {
+                        if let Some(head) = head {
+                            sink.head(&received, &added_id, head).await;
+                        }
                         break;
                     }
-                }
-                Ok(Line::TooLong { crlf }) => collector.too_long_line(crlf),
+                },
+                Ok(Line::TooLong { crlf }) => stream.too_long_line(crlf),
                 Err(e) => {
+                    // Never acknowledged: nothing may stay behind.
+                    sink.discard().await;
                     let flow = self.read_failed(conn, e);
                     self.tx = None;
                     return flow;
                 }
             }
+            if stream.refused() {
+                // Refused whatever follows: give the disk space back now.
+                sink.discard().await;
+            }
         }
         let Some(tx) = self.tx.take() else {
+            sink.discard().await;
             return Flow::Continue;
         };
-        let checked = collector.finish().and_then(|content| {
-            if data::count_received(&content) > data::MAX_HOPS {
-                Err(DataRejection::TooManyHops)
-            } else {
-                Ok(content)
-            }
-        });
-        match checked {
-            Ok(content) => self.queue_message(conn, tx, content).await,
-            Err(rejection) => {
-                tracing::info!(queue_id = %tx.id, client = %self.ip, reason = rejection.reason(), "message rejected");
-                conn.push(&rejection.to_string());
+        if let Err(rejection) = stream.finish() {
+            sink.discard().await;
+            tracing::info!(queue_id = %tx.id, client = %self.ip, reason = rejection.reason(), "message rejected");
+            conn.push(&rejection.to_string());
+            return Flow::Continue;
+        }
+        match sink.msg.take() {
+            Some(msg) => self.queue_message(conn, tx, msg, sink.message_id).await,
+            None => {
+                let e = sink.failed.take().unwrap_or_else(|| {
+                    SubmitError::Io("message content missing after the end of data".into())
+                });
+                self.spool_refused(conn, &tx.id, &e);
                 Flow::Continue
             }
         }
     }
 
-    /// Add the trace and Message-ID headers and hand the message to the queue; the
-    /// 250 goes out only once the queue says it is on disk.
-    async fn queue_message<T: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        conn: &mut Conn<T>,
-        tx: Transaction,
-        content: Vec<u8>,
-    ) -> Flow {
-        let now = now_secs();
-        let helo = self.helo.clone().unwrap_or_default();
+    /// Our Received field for the message of `tx` (RFC 5321 section 4.4).
+    fn received_header(&self, tx: &Transaction, now: u64) -> String {
+        let helo = self.helo.as_deref().unwrap_or_default();
         let protocol = data::protocol_keyword(
             self.esmtp,
             self.tls.is_some(),
@@ -608,8 +683,8 @@ impl Session {
             tx.smtputf8,
         );
         let single = (tx.recipients.len() == 1).then(|| tx.recipients[0].address.as_str());
-        let received = data::received_header(&Trace {
-            helo: &helo,
+        data::received_header(&Trace {
+            helo,
             ip: self.ip,
             hostname: self.host(),
             protocol: &protocol,
@@ -617,58 +692,66 @@ impl Session {
             id: &tx.id,
             for_rcpt: single,
             timestamp: now,
-        });
-        let mut prefix = received.into_bytes();
-        let message_id = match data::find_message_id(&content) {
-            Some(id) if id.is_empty() => None,
-            Some(id) => Some(id),
-            None => {
-                // RFC 5322 section 3.6.4: a message SHOULD have one; we add it so
-                // the evidence and the recipient can name the message.
-                let id = format!("<{}@{}>", tx.id, self.host());
-                prefix.extend_from_slice(format!("Message-ID: {id}\r\n").as_bytes());
-                Some(id)
+        })
+    }
+
+    /// The answer when the spool cannot take the message.
+    fn spool_refused<T: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        conn: &mut Conn<T>,
+        id: &QueueId,
+        e: &SubmitError,
+    ) {
+        match e {
+            SubmitError::DiskFull => {
+                tracing::warn!(queue_id = %id, client = %self.ip, "message refused: spool disk nearly full");
+                conn.push("452 4.3.1 Insufficient system storage");
             }
-        };
-        // Insert in front of the content in place (no second copy of a large message).
-        let mut stored = content;
-        stored.splice(0..0, prefix);
+            SubmitError::Io(e) => {
+                tracing::error!(queue_id = %id, client = %self.ip, error = %e, "message refused: spool error");
+                conn.push("451 4.3.0 Local error in processing");
+            }
+        }
+    }
+
+    /// Commit the streamed message to the queue; the 250 goes out only once the
+    /// queue says content and envelope are on disk.
+    async fn queue_message<T: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<T>,
+        tx: Transaction,
+        msg: IncomingMessage,
+        message_id: Option<String>,
+    ) -> Flow {
         let id = tx.id.clone();
         let env = Envelope {
             record_version: RECORD_VERSION,
             id: tx.id,
-            received_at: now,
+            received_at: now_secs(),
             sender: tx.sender,
             ret: tx.ret,
             envid: tx.envid,
             body: tx.body,
             smtputf8: tx.smtputf8,
             requiretls: tx.requiretls,
-            size: stored.len() as u64,
+            size: msg.len(),
             class: "normal".into(),
             client: ClientInfo {
                 addr: self.ip.to_string(),
-                helo,
+                helo: self.helo.clone().unwrap_or_default(),
                 tls: self.tls.as_ref().map(TlsInfo::summary),
                 auth_user: self.auth_user.clone(),
             },
             message_id: message_id.clone(),
             recipients: tx.recipients,
         };
-        match self.shared.queue.submit(env, stored).await {
+        match self.shared.queue.commit(msg, env).await {
             Ok(()) => {
                 self.accepted += 1;
                 tracing::info!(queue_id = %id, client = %self.ip, message_id = message_id.as_deref().unwrap_or(""), "message accepted");
                 conn.push(&format!("250 2.0.0 Ok: queued as {id}"));
             }
-            Err(SubmitError::DiskFull) => {
-                tracing::warn!(queue_id = %id, client = %self.ip, "message refused: spool disk nearly full");
-                conn.push("452 4.3.1 Insufficient system storage");
-            }
-            Err(SubmitError::Io(e)) => {
-                tracing::error!(queue_id = %id, client = %self.ip, error = %e, "message refused: spool error");
-                conn.push("451 4.3.0 Local error in processing");
-            }
+            Err(e) => self.spool_refused(conn, &id, &e),
         }
         Flow::Continue
     }

@@ -102,6 +102,17 @@ impl Harness {
             .collect()
     }
 
+    /// Every file in the spool's `tmp/`, `msg/` and `env/`.
+    fn spool_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for sub in ["tmp", "msg", "env"] {
+            for e in std::fs::read_dir(self.dir.join("queue").join(sub)).expect("list") {
+                files.push(e.expect("entry").path());
+            }
+        }
+        files
+    }
+
     fn tls_client_config(&self) -> Arc<rustls::ClientConfig> {
         let cert = CertificateDer::from_pem_file(
             self.dir
@@ -1018,4 +1029,196 @@ async fn mail_loops_are_refused() {
         .await;
     assert!(r.starts_with("554 5.4.6"), "{r}");
     assert!(h.stored().is_empty());
+}
+
+/// Lines of varied length, some starting with a dot, for large messages; returns
+/// the data as sent (dot-stuffed, without the end marker) and as it is stored.
+fn big_body(size: usize) -> (String, String) {
+    let mut sent = String::from("Subject: big\r\nFrom: a@lan.example\r\n\r\n");
+    let mut stored = sent.clone();
+    let mut n = 0usize;
+    while stored.len() < size {
+        let text: String = (0..(n * 13) % 90)
+            .map(|i| char::from(b'a' + ((n + i) % 26) as u8))
+            .collect();
+        let line = if n.is_multiple_of(7) {
+            format!(".{n} {text}\r\n")
+        } else {
+            format!("{n} {text}\r\n")
+        };
+        if line.starts_with('.') {
+            sent.push('.');
+        }
+        sent.push_str(&line);
+        stored.push_str(&line);
+        n += 1;
+    }
+    (sent, stored)
+}
+
+#[tokio::test]
+async fn large_message_is_streamed_to_the_spool_byte_exact() {
+    let h = harness_with(|c| c.smtp.max_message_size = 8 * 1024 * 1024);
+    let mut c = h.ready(LAN).await;
+    let (sent, expected) = big_body(5 * 1024 * 1024);
+    assert!(expected.len() > 5 * 1024 * 1024);
+    let r = c
+        .message(
+            "a@lan.example",
+            &["b@remote.example"],
+            &format!("{sent}.\r\n"),
+        )
+        .await;
+    let id = queued_id(&r);
+    let stored = h.stored();
+    assert_eq!(stored.len(), 1);
+    let (env, content) = &stored[0];
+    let (prefix, rest) = content.split_at(content.len() - expected.len());
+    assert!(rest == expected, "content differs from what was sent");
+    assert!(
+        prefix.starts_with("Received: from mail.lan.example"),
+        "{prefix}"
+    );
+    assert!(
+        prefix.ends_with(&format!("\r\nMessage-ID: <{id}@{HOST}>\r\n")),
+        "{prefix}"
+    );
+    assert_eq!(env.size, content.len() as u64);
+    assert_eq!(
+        h.spool_files().len(),
+        2,
+        "only msg/ and env/: {:?}",
+        h.spool_files()
+    );
+}
+
+#[tokio::test]
+async fn refused_messages_leave_no_file_in_the_spool() {
+    let h = harness_with(|c| c.smtp.max_message_size = 1024 * 1024);
+    let mut c = h.ready(LAN).await;
+    let (over, _) = big_body(1024 * 1024 + 1);
+    let (under, _) = big_body(900 * 1024);
+    let hops = "Received: from a by b; Mon, 1 Jan 2024 00:00:00 +0000\r\n".repeat(51);
+    let cases = [
+        ("too big", format!("{over}.\r\n"), "552 5.3.4"),
+        // The bare LF comes after enough content for some to be on disk.
+        (
+            "bare LF",
+            format!("{under}bare\nline\r\nmore\r\n.\r\n"),
+            "554 5.6.0",
+        ),
+        (
+            "line too long",
+            format!("{under}{}\r\n.\r\n", "y".repeat(1500)),
+            "552 5.3.4",
+        ),
+        ("loop", format!("{hops}\r\n{under}.\r\n"), "554 5.4.6"),
+    ];
+    for (name, body, code) in cases {
+        let r = c
+            .message("a@lan.example", &["b@remote.example"], &body)
+            .await;
+        assert!(r.starts_with(code), "{name}: {r}");
+        assert!(h.spool_files().is_empty(), "{name}: {:?}", h.spool_files());
+        assert!(c.cmd("NOOP").await.starts_with("250"), "{name}: in sync");
+    }
+    assert!(h.server.shared.queue.is_empty());
+}
+
+#[tokio::test]
+async fn header_section_over_the_memory_limit_is_refused() {
+    let h = harness_with(|c| c.smtp.max_message_size = 10 * 1024 * 1024);
+    let mut c = h.ready(LAN).await;
+    let filler = format!("X-Filler: {}\r\n", "h".repeat(88));
+    let headers = filler.repeat(2 * 1024 * 1024 / filler.len() + 1);
+    assert!(headers.len() > 2 * 1024 * 1024);
+    let r = c
+        .message(
+            "a@lan.example",
+            &["b@remote.example"],
+            &format!("Subject: huge\r\n{headers}\r\nbody\r\n.\r\n"),
+        )
+        .await;
+    assert_eq!(r, "552 5.3.4 Message header section exceeds the size limit");
+    assert!(h.spool_files().is_empty(), "{:?}", h.spool_files());
+    // Just under the limit is fine.
+    let headers = filler.repeat((data::MAX_HEADER_SECTION - 100) / filler.len());
+    let r = c
+        .message(
+            "a@lan.example",
+            &["b@remote.example"],
+            &format!("Subject: big\r\n{headers}\r\nbody\r\n.\r\n"),
+        )
+        .await;
+    queued_id(&r);
+    let (_, content) = &h.stored()[0];
+    assert!(content.ends_with(&format!("{headers}\r\nbody\r\n")));
+}
+
+#[tokio::test]
+async fn connection_dropped_mid_data_leaves_nothing_and_queues_nothing() {
+    let h = harness_with(|c| c.smtp.max_message_size = 8 * 1024 * 1024);
+    let (mut c, task) = h.connect(LAN);
+    assert!(c.reply().await.starts_with("220 "));
+    assert!(c.cmd("EHLO mail.lan.example").await.starts_with("250-"));
+    assert!(c.cmd("MAIL FROM:<a@lan.example>").await.starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@remote.example>").await.starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    let (sent, _) = big_body(1024 * 1024);
+    c.send(&sent).await;
+    // The content goes to disk while it arrives, not at the end.
+    let tmp = h.dir.join("queue").join("tmp");
+    let mut on_disk = 0;
+    for _ in 0..500 {
+        on_disk = std::fs::read_dir(&tmp)
+            .expect("list")
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.len())
+            .sum::<u64>();
+        if on_disk > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(on_disk > 0, "nothing streamed to tmp/");
+    drop(c);
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("session ends")
+        .expect("session task");
+    assert!(h.spool_files().is_empty(), "{:?}", h.spool_files());
+    assert!(h.server.shared.queue.is_empty());
+    assert!(h.stored().is_empty());
+}
+
+#[tokio::test]
+async fn data_timeout_mid_message_leaves_nothing() {
+    let h = harness_with(|c| {
+        c.smtp.data_timeout = Duration::from_millis(500);
+        c.smtp.max_message_size = 1024 * 1024;
+    });
+    let mut c = h.ready(LAN).await;
+    assert!(c.cmd("MAIL FROM:<a@lan.example>").await.starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@remote.example>").await.starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    let (sent, _) = big_body(300 * 1024);
+    c.send(&sent).await;
+    let r = c.reply().await;
+    assert!(r.starts_with("421 4.4.2"), "{r}");
+    assert!(h.spool_files().is_empty(), "{:?}", h.spool_files());
+    assert!(h.server.shared.queue.is_empty());
+}
+
+#[tokio::test]
+async fn spool_unusable_at_data_gets_451_4_3_0_before_the_data() {
+    let h = harness();
+    let mut c = h.ready(LAN).await;
+    assert!(c.cmd("MAIL FROM:<a@lan.example>").await.starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@remote.example>").await.starts_with("250"));
+    let tmp = h.dir.join("queue").join("tmp");
+    std::fs::remove_dir(&tmp).expect("empty tmp dir");
+    std::fs::write(&tmp, b"not a directory").expect("file");
+    assert_eq!(c.cmd("DATA").await, "451 4.3.0 Local error in processing");
+    // The transaction is over; a new one can start.
+    assert!(c.cmd("MAIL FROM:<a@lan.example>").await.starts_with("250"));
 }

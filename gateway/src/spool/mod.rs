@@ -13,6 +13,22 @@
 //! content, and content without an envelope was never acknowledged and is removed.
 //! Removal deletes the envelope first for the same reason.
 //!
+//! # Streaming new messages in
+//!
+//! A message may be tens of MiB and the SMTP server runs hundreds of sessions, so
+//! content is never required to be in memory as a whole. [`Spool::incoming`] opens
+//! `tmp/<ID>.msg`; the caller appends to it with [`Incoming::write_all`] (buffered,
+//! at most [`WRITE_BUFFER`] bytes held) while the data arrives; [`Spool::commit`]
+//! then runs the protocol above (fsync, rename into `msg/`, fsync `msg/`, envelope
+//! into `env/`). Until the commit nothing outside `tmp/` exists, and an [`Incoming`]
+//! dropped without a commit removes its file, so a refused or abandoned message
+//! leaves nothing behind; after a crash, recovery removes whatever `tmp/` holds.
+//! [`Spool::store`], for small messages built in memory (DSNs), is the same path.
+//!
+//! The free-space margin is checked before a message is started (by the caller,
+//! with the declared size), every [`MARGIN_CHECK_INTERVAL`] bytes while it is being
+//! written, and before the commit; ENOSPC and EDQUOT count as "disk full" too.
+//!
 //! All functions here do blocking file I/O; async callers use `spawn_blocking`.
 
 pub mod record;
@@ -36,6 +52,9 @@ pub enum SpoolError {
     },
     #[error("spool record {path} is unreadable: {message}")]
     Corrupt { path: PathBuf, message: String },
+    /// A caller bug: committing content under another message's envelope.
+    #[error("envelope {envelope} cannot commit the content of message {content}")]
+    Mismatch { content: QueueId, envelope: QueueId },
 }
 
 impl SpoolError {
@@ -47,12 +66,24 @@ impl SpoolError {
                 source.raw_os_error(),
                 Some(code) if code == nix::libc::ENOSPC || code == nix::libc::EDQUOT
             ),
-            SpoolError::Corrupt { .. } => false,
+            SpoolError::Corrupt { .. } | SpoolError::Mismatch { .. } => false,
         }
     }
 }
 
 type Result<T> = std::result::Result<T, SpoolError>;
+
+/// Bytes an [`Incoming`] collects before it writes to its file.
+pub const WRITE_BUFFER: usize = 64 * 1024;
+
+/// Writes at least this large go to the file directly when nothing is buffered:
+/// copying them first saves no system call worth having, and costs memory.
+const DIRECT_WRITE: usize = 4 * 1024;
+
+/// While content is being written, the free-space margin is checked again after
+/// this many bytes, so a large message cannot eat into the room kept for state
+/// updates and DSNs.
+pub const MARGIN_CHECK_INTERVAL: u64 = 1024 * 1024;
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SpoolError + use<> {
     let path = path.to_owned();
@@ -125,24 +156,74 @@ impl Spool {
         Ok(())
     }
 
-    /// Durably store a new message. When this returns Ok, the message survives a
-    /// crash or power loss; only then may the client be told 250.
-    pub fn store(&self, env: &Envelope, content: &[u8]) -> Result<()> {
-        self.check_room(content.len() as u64)?;
+    /// Start a new message: creates `tmp/<ID>.msg`, to be filled with
+    /// [`Incoming::write_all`] and made durable with [`Spool::commit`].
+    pub fn incoming(&self, id: &QueueId) -> Result<Incoming> {
+        let path = self.dir("tmp").join(format!("{id}.msg"));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_err("create", &path))?;
+        Ok(Incoming {
+            spool: self.clone(),
+            id: id.clone(),
+            path,
+            file,
+            buf: Vec::new(),
+            len: 0,
+            unchecked: 0,
+            renamed: false,
+        })
+    }
+
+    /// Durably store a message whose content was written through `incoming`. When
+    /// this returns Ok, the message survives a crash or power loss; only then may
+    /// the client be told 250. On error nothing of the message is left.
+    pub fn commit(&self, mut incoming: Incoming, env: &Envelope) -> Result<()> {
+        if incoming.id != env.id {
+            return Err(SpoolError::Mismatch {
+                content: incoming.id.clone(),
+                envelope: env.id.clone(),
+            });
+        }
         let id = &env.id;
-        let msg = self.msg_path(id);
         let res = self
-            .write_durably(&format!("{id}.msg"), content, &msg)
+            .commit_content(&mut incoming)
             .and_then(|_| self.write_envelope(env));
         if let Err(e) = res {
             // Nothing was acknowledged: leave no half-stored message behind.
             let _ = fs::remove_file(self.env_path(id));
-            let _ = fs::remove_file(&msg);
-            let _ = fs::remove_file(self.dir("tmp").join(format!("{id}.msg")));
+            let _ = fs::remove_file(self.msg_path(id));
             let _ = fs::remove_file(self.dir("tmp").join(format!("{id}.env")));
+            // `incoming` removes its temporary file when dropped, if still there.
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Flush, fsync, rename into `msg/`, fsync `msg/`.
+    fn commit_content(&self, incoming: &mut Incoming) -> Result<()> {
+        incoming.flush_buffer()?;
+        // The content already takes its room; the margin must still be there.
+        self.check_room(0)?;
+        incoming
+            .file
+            .sync_all()
+            .map_err(io_err("fsync", &incoming.path))?;
+        let target = self.msg_path(&incoming.id);
+        fs::rename(&incoming.path, &target).map_err(io_err("rename", &target))?;
+        incoming.renamed = true;
+        sync_dir(&self.dir("msg"))
+    }
+
+    /// Durably store a new message held in memory (DSNs); the same path as
+    /// [`Spool::incoming`] and [`Spool::commit`].
+    pub fn store(&self, env: &Envelope, content: &[u8]) -> Result<()> {
+        self.check_room(content.len() as u64)?;
+        let mut incoming = self.incoming(&env.id)?;
+        incoming.write_all(content)?;
+        self.commit(incoming, env)
     }
 
     /// Durably replace the envelope (state changes after a delivery attempt).
@@ -272,6 +353,91 @@ impl Spool {
     }
 }
 
+/// A new message's content being written to `tmp/` (see the module docs). Dropping
+/// it without [`Spool::commit`] removes the file: nothing was acknowledged.
+#[derive(Debug)]
+pub struct Incoming {
+    spool: Spool,
+    id: QueueId,
+    /// `tmp/<ID>.msg`.
+    path: PathBuf,
+    file: File,
+    /// Small writes collected up to [`WRITE_BUFFER`] bytes.
+    buf: Vec<u8>,
+    /// Bytes of content accepted so far (written or buffered).
+    len: u64,
+    /// Bytes written to the file since the margin was last checked.
+    unchecked: u64,
+    /// The file was renamed into `msg/`; no longer ours to remove.
+    renamed: bool,
+}
+
+impl Incoming {
+    pub fn id(&self) -> &QueueId {
+        &self.id
+    }
+
+    /// Bytes of content so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Append to the content. Fails with a disk-full error (see
+    /// [`SpoolError::is_disk_full`]) when the disk or the margin runs out.
+    pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
+        if self.buf.len() + bytes.len() > WRITE_BUFFER {
+            self.flush_buffer()?;
+        }
+        if bytes.len() >= WRITE_BUFFER || (self.buf.is_empty() && bytes.len() >= DIRECT_WRITE) {
+            self.write_file(bytes)?;
+        } else {
+            self.buf.extend_from_slice(bytes);
+        }
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn flush_buffer(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let res = self.write_file(&buf);
+        // Keep the allocation for the next round.
+        self.buf = buf;
+        self.buf.clear();
+        res
+    }
+
+    fn write_file(&mut self, bytes: &[u8]) -> Result<()> {
+        self.file
+            .write_all(bytes)
+            .map_err(io_err("write", &self.path))?;
+        self.unchecked += bytes.len() as u64;
+        if self.unchecked >= MARGIN_CHECK_INTERVAL {
+            self.unchecked = 0;
+            self.spool.check_room(0)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if !self.renamed {
+            if let Err(e) = fs::remove_file(&self.path) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(queue_id = %self.id, path = %self.path.display(), error = %e, "cannot remove abandoned temporary file; recovery will");
+                }
+            }
+        }
+    }
+}
+
 fn read_dir(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut v = Vec::new();
     for e in fs::read_dir(dir).map_err(io_err("list", dir))? {
@@ -367,5 +533,100 @@ mod tests {
         let err = spool.store(&envelope(1), b"x").unwrap_err();
         assert!(err.is_disk_full());
         assert!(spool.recover().unwrap().envelopes.is_empty());
+    }
+
+    fn entries(dir: &Path) -> Vec<PathBuf> {
+        read_dir(dir).unwrap()
+    }
+
+    /// Bytes that are not a repeating pattern, so misplaced chunks show.
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 4093) as u8).collect()
+    }
+
+    #[test]
+    fn streamed_content_is_stored_byte_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 0).unwrap();
+        let e = envelope(1);
+        let content = pattern(5 * 1024 * 1024 + 123);
+        let mut incoming = spool.incoming(&e.id).unwrap();
+        // Small, odd and larger-than-buffer writes, as a session produces them.
+        let mut rest = &content[..];
+        for size in [1usize, 77, 1000, WRITE_BUFFER - 3, 3 * WRITE_BUFFER + 5]
+            .into_iter()
+            .cycle()
+        {
+            if rest.is_empty() {
+                break;
+            }
+            let n = size.min(rest.len());
+            incoming.write_all(&rest[..n]).unwrap();
+            rest = &rest[n..];
+        }
+        assert_eq!(incoming.len(), content.len() as u64);
+        // Nothing outside tmp/ before the commit.
+        assert!(entries(&dir.path().join("queue/msg")).is_empty());
+        spool.commit(incoming, &e).unwrap();
+        assert_eq!(spool.content(&e.id).unwrap(), content);
+        assert!(entries(&dir.path().join("queue/tmp")).is_empty());
+        assert_eq!(spool.recover().unwrap().envelopes, vec![e]);
+    }
+
+    #[test]
+    fn abandoned_incoming_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 0).unwrap();
+        let mut incoming = spool.incoming(&QueueId::generate()).unwrap();
+        incoming.write_all(&pattern(200_000)).unwrap();
+        assert_eq!(entries(&dir.path().join("queue/tmp")).len(), 1);
+        drop(incoming);
+        assert!(entries(&dir.path().join("queue/tmp")).is_empty());
+
+        // A crash mid-write (no destructor runs): recovery removes the file.
+        let mut incoming = spool.incoming(&QueueId::generate()).unwrap();
+        incoming.write_all(b"Subject: half\r\n").unwrap();
+        std::mem::forget(incoming);
+        let rec = spool.recover().unwrap();
+        assert_eq!(rec.temp_removed, 1);
+        assert!(rec.envelopes.is_empty());
+        assert!(entries(&dir.path().join("queue/tmp")).is_empty());
+    }
+
+    #[test]
+    fn failed_commit_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 0).unwrap();
+        let e = envelope(1);
+        // The envelope cannot be renamed into place: content must not stay in msg/.
+        let env_dir = dir.path().join("queue/env");
+        fs::remove_dir(&env_dir).unwrap();
+        fs::write(&env_dir, b"not a directory").unwrap();
+        let mut incoming = spool.incoming(&e.id).unwrap();
+        incoming.write_all(b"Subject: x\r\n\r\nhi\r\n").unwrap();
+        assert!(spool.commit(incoming, &e).is_err());
+        assert!(entries(&dir.path().join("queue/msg")).is_empty());
+        assert!(entries(&dir.path().join("queue/tmp")).is_empty());
+
+        let other = spool.incoming(&QueueId::generate()).unwrap();
+        let err = spool.commit(other, &e).unwrap_err();
+        assert!(matches!(err, SpoolError::Mismatch { .. }), "{err}");
+        assert!(entries(&dir.path().join("queue/tmp")).is_empty());
+    }
+
+    #[test]
+    fn margin_is_checked_while_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), u64::MAX / 2).unwrap();
+        let mut incoming = spool.incoming(&QueueId::generate()).unwrap();
+        let chunk = pattern(WRITE_BUFFER);
+        let err = (0..)
+            .take(64)
+            .find_map(|_| incoming.write_all(&chunk).err())
+            .expect("refused once the margin is checked");
+        assert!(err.is_disk_full());
+        assert!(incoming.len() <= MARGIN_CHECK_INTERVAL + WRITE_BUFFER as u64);
+        drop(incoming);
+        assert!(entries(&dir.path().join("queue/tmp")).is_empty());
     }
 }
