@@ -32,6 +32,10 @@
 //!   larger than [`MAX_FULL_RETURN`] (1 MiB); then only its header. Delay and
 //!   success DSNs always return only the header: the message itself is still being
 //!   delivered, or was delivered.
+//! - A DSN never needs more of the original than it returns, and the original may be
+//!   50 MiB: the caller passes an [`Original`], the message's size and only its
+//!   beginning: all of it when [`full_return_possible`], else its header section
+//!   (at most [`MAX_HEADER_RETURN`] bytes, see [`crate::spool::Spool::read_header_section`]).
 //! - The message is internationalized (RFC 6533) when the original envelope used
 //!   SMTPUTF8: the report becomes `message/global-delivery-status`, the returned
 //!   content `message/global` / `message/global-headers`. Otherwise everything in the
@@ -54,6 +58,41 @@ use crate::spool::record::{Attempt, BodyType, Envelope, Notify, Recipient, Ret};
 
 /// A failure DSN returns the whole message only up to this size (unless RET=HDRS).
 pub const MAX_FULL_RETURN: usize = 1024 * 1024;
+
+/// Most bytes of an original's header section read for a DSN. The SMTP server
+/// refuses header sections over 1 MiB; what it adds (Received, Message-ID) fits in
+/// the rest. A longer one is returned cut at a line end.
+pub const MAX_HEADER_RETURN: usize = 1024 * 1024 + 64 * 1024;
+
+/// The original message as a DSN sees it: `bytes` is its beginning (all of it, or
+/// at least its header section) and `size` its full length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Original<'a> {
+    pub bytes: &'a [u8],
+    pub size: u64,
+}
+
+impl<'a> Original<'a> {
+    /// A message held whole in memory.
+    pub fn whole(bytes: &'a [u8]) -> Original<'a> {
+        Original {
+            bytes,
+            size: bytes.len() as u64,
+        }
+    }
+
+    /// Whether `bytes` is the complete message.
+    pub fn is_complete(&self) -> bool {
+        self.bytes.len() as u64 == self.size
+    }
+}
+
+/// Whether a failure DSN for `env` may return the whole original of `size` bytes
+/// (RFC 3461 section 4.3: RET=HDRS says no; beyond `opts.max_full_return`, our
+/// limit). The caller reads the whole message only then.
+pub fn full_return_possible(env: &Envelope, size: u64, opts: &DsnOptions) -> bool {
+    env.ret != Some(Ret::Headers) && size <= opts.max_full_return as u64
+}
 
 /// Which notice a DSN carries (RFC 3464 section 2.3.3, the `Action` field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,19 +156,20 @@ pub fn build_dsn(
         env,
         recipients,
         kind,
-        original,
+        Original::whole(original),
         now,
         &DsnOptions::default(),
     )
 }
 
-/// [`build_dsn`] with options (a delay DSN should give `retry_until`).
+/// [`build_dsn`] with options (a delay DSN should give `retry_until`), for an
+/// original of which only the beginning may be at hand (see [`Original`]).
 pub fn build_dsn_with(
     reporting_mta: &str,
     env: &Envelope,
     recipients: &[&Recipient],
     kind: DsnKind,
-    original: &[u8],
+    original: Original<'_>,
     now: u64,
     opts: &DsnOptions,
 ) -> Option<Dsn> {
@@ -155,15 +195,17 @@ pub fn build_dsn_with(
 
     let global = env.smtputf8;
     let host = host_name(reporting_mta);
-    let boundary = boundary(env, original);
-    let (headers, has_body) = split_header(original);
+    let (headers, has_body) = split_header(original.bytes);
     // RFC 3461 section 4.3: RET applies to failure notices; our default is FULL up
-    // to max_full_return. Delay and success notices carry the header only.
+    // to max_full_return. Delay and success notices carry the header only. Only
+    // an original that is here complete can be returned in full.
     let full = kind == DsnKind::Failure
-        && env.ret != Some(Ret::Headers)
-        && original.len() <= opts.max_full_return
+        && full_return_possible(env, original.size, opts)
+        && original.is_complete()
         && has_body;
-    let returned: &[u8] = if full { original } else { headers };
+    let returned: &[u8] = if full { original.bytes } else { headers };
+    let boundary = boundary(env, returned);
+    let original = original.bytes;
 
     let mut out = String::new();
     // The top-level header. Every interpolated value is cleaned of controls.

@@ -249,7 +249,7 @@ fn ret_hdrs_and_large_messages_return_headers_only() {
             env,
             &[&r],
             DsnKind::Failure,
-            &original(),
+            Original::whole(&original()),
             NOW,
             opts,
         )
@@ -444,7 +444,7 @@ fn delay_dsn_says_until_when() {
         &env,
         &[&r],
         DsnKind::Delay,
-        &original(),
+        Original::whole(&original()),
         NOW,
         &DsnOptions {
             retry_until: Some(until),

@@ -21,7 +21,13 @@
 //!    (RFC 3461); RCPT TO per recipient. With PIPELINING (RFC 2920) MAIL and all RCPTs
 //!    go out in one write and the replies are read in order.
 //! 6. DATA, the dot-stuffed content, "." (RFC 5321 4.5.2); the final reply applies to
-//!    every recipient accepted at RCPT. QUIT.
+//!    every recipient accepted at RCPT. QUIT. The content is read from its
+//!    [`super::ContentSource`] in pieces of [`SEND_CHUNK`] bytes on the blocking pool,
+//!    each piece dot-stuffed ([`DotStuffer`] carries line state across pieces) and
+//!    written before the next is read: an attempt holds one piece and its encoding,
+//!    not the message. If the content cannot be read or the connection fails in the
+//!    middle, the connection is closed without the final "." so the server discards
+//!    the partial message, and the recipients are deferred.
 //!
 //! Per-recipient results: 2xx delivered, 4xx deferred, 5xx failed, with the server's
 //! reply verbatim and its enhanced status code (or one we derive: 4.4.1 no answer,
@@ -43,14 +49,18 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::protocol::{
-    dot_stuff, xtext, Capabilities, Reply, ReplyBuilder, ReplyError, MAX_REPLY_LINE,
+    xtext, Capabilities, DotStuffer, Reply, ReplyBuilder, ReplyError, MAX_REPLY_LINE,
 };
-use super::{DeliveryReport, DeliveryRequest, RcptOutcome, Transport};
+use super::{ContentSource, DeliveryReport, DeliveryRequest, RcptOutcome, Transport};
 use crate::config::{Config, Level};
 use crate::dns::{DnsSetupError, MxResult, Resolver};
 use crate::policy::{self, Action, Inputs, TlsOutcome};
 use crate::spool::record::{now_secs, Attempt, BodyType, Ret, TlsFacts, TransportVerdict};
 use crate::tls::client::{session_facts, ClientTls, TlsFailure, TlsSetupError};
+
+/// Bytes of content read (and then dot-stuffed and written) at a time while DATA is
+/// sent: with the encoded copy, what one attempt holds of a message.
+pub const SEND_CHUNK: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverSetupError {
@@ -119,6 +129,24 @@ enum ConnError {
     Timeout(&'static str, Duration),
     #[error("protocol error: {0}")]
     Reply(#[from] ReplyError),
+}
+
+/// Why DATA could not be sent to the end.
+#[derive(Debug, thiserror::Error)]
+enum DataError {
+    /// Our own spool could not be read: a local problem, not the server's.
+    #[error("local error reading the queued message: {0}")]
+    Local(std::io::Error),
+    #[error("while sending the message: {0}")]
+    Conn(#[from] ConnError),
+}
+
+/// How a transaction ended: outcomes, the reply that ended it, and whether the
+/// connection can still be closed with QUIT (not after DATA broke off midway).
+struct TxEnd {
+    outcomes: Vec<RcptOutcome>,
+    reply: String,
+    clean: bool,
 }
 
 trait BufIo: AsyncBufRead + AsyncWrite + Unpin + Send {}
@@ -190,6 +218,13 @@ impl Conn {
     ) -> Result<Reply, ConnError> {
         self.send(format!("{line}\r\n").as_bytes(), limit).await?;
         self.read_reply(what, limit).await
+    }
+
+    /// Close without QUIT: in the middle of DATA a QUIT would be read as content.
+    /// The server sees the connection end before the final "." and discards the
+    /// partial message (RFC 5321 3.8).
+    async fn abort(&mut self) {
+        let _ = timeout(Duration::from_secs(5), self.io().shutdown()).await;
     }
 
     /// QUIT politely; the answer does not matter (RFC 5321 4.1.1.10).
@@ -505,11 +540,15 @@ impl Deliverer {
             };
         }
 
-        let (outcomes, last_reply) = self.transaction(&mut conn, req, &caps, mx, ip).await;
-        conn.quit().await;
+        let end = self.transaction(&mut conn, req, &caps, mx, ip).await;
+        if end.clean {
+            conn.quit().await;
+        } else {
+            conn.abort().await;
+        }
         SessionEnd::Done(
-            outcomes,
-            attempt_record(mx, &ip_s, facts, verdict, last_reply),
+            end.outcomes,
+            attempt_record(mx, &ip_s, facts, verdict, end.reply),
         )
     }
 
@@ -601,7 +640,7 @@ impl Deliverer {
         Ok((Conn::Tls(Box::new(BufReader::new(stream))), facts, pkix))
     }
 
-    /// MAIL, RCPT, DATA. Returns the outcomes and the reply that ended the transaction.
+    /// MAIL, RCPT, DATA.
     async fn transaction(
         &self,
         conn: &mut Conn,
@@ -609,20 +648,19 @@ impl Deliverer {
         caps: &Capabilities,
         mx: &str,
         ip: IpAddr,
-    ) -> (Vec<RcptOutcome>, String) {
+    ) -> TxEnd {
         let cmd = self.config.delivery.command_timeout;
         let n = req.recipients.len();
-        let failed_all = |status: &str, reply: String| {
-            (
-                vec![
-                    RcptOutcome::Failed {
-                        reply: reply.clone(),
-                        status: status.to_string()
-                    };
-                    n
-                ],
-                reply,
-            )
+        let failed_all = |status: &str, reply: String| TxEnd {
+            outcomes: vec![
+                RcptOutcome::Failed {
+                    reply: reply.clone(),
+                    status: status.to_string()
+                };
+                n
+            ],
+            reply,
+            clean: true,
         };
 
         // What the message needs that the server must support.
@@ -640,7 +678,7 @@ impl Deliverer {
                 "the message is BINARYMIME, which cannot be sent without CHUNKING support in this relay".into(),
             );
         }
-        let size = req.content.len() as u64;
+        let size = req.content.size();
         if let Some(limit) = caps.size.filter(|l| *l > 0 && size > *l) {
             return failed_all(
                 "5.3.4",
@@ -659,17 +697,21 @@ impl Deliverer {
 
         // Per recipient: None = accepted at RCPT, Some = final outcome already.
         let mut results: Vec<Option<RcptOutcome>> = vec![None; n];
-        let deferred_all = |why: String, results: &[Option<RcptOutcome>]| {
+        let deferred_all = |status: &str, why: String, results: &[Option<RcptOutcome>]| {
             let outcomes = results
                 .iter()
                 .map(|r| {
                     r.clone().unwrap_or_else(|| RcptOutcome::Deferred {
                         reply: why.clone(),
-                        status: "4.4.2".into(),
+                        status: status.to_string(),
                     })
                 })
                 .collect();
-            (outcomes, why)
+            TxEnd {
+                outcomes,
+                reply: why,
+                clean: true,
+            }
         };
 
         // MAIL and RCPT, pipelined when offered (RFC 2920 3.1).
@@ -682,22 +724,22 @@ impl Deliverer {
                 batch.push_str("\r\n");
             }
             if let Err(e) = conn.send(batch.as_bytes(), cmd).await {
-                return deferred_all(format!("{mx}[{ip}]: {e}"), &results);
+                return deferred_all("4.4.2", format!("{mx}[{ip}]: {e}"), &results);
             }
             mail_reply = match conn.read_reply("to MAIL FROM", cmd).await {
                 Ok(r) => r,
-                Err(e) => return deferred_all(format!("{mx}[{ip}]: {e}"), &results),
+                Err(e) => return deferred_all("4.4.2", format!("{mx}[{ip}]: {e}"), &results),
             };
             for _ in &rcpts {
                 match conn.read_reply("to RCPT TO", cmd).await {
                     Ok(r) => rcpt_replies.push(r),
-                    Err(e) => return deferred_all(format!("{mx}[{ip}]: {e}"), &results),
+                    Err(e) => return deferred_all("4.4.2", format!("{mx}[{ip}]: {e}"), &results),
                 }
             }
         } else {
             mail_reply = match conn.command(&mail, "to MAIL FROM", cmd).await {
                 Ok(r) => r,
-                Err(e) => return deferred_all(format!("{mx}[{ip}]: {e}"), &results),
+                Err(e) => return deferred_all("4.4.2", format!("{mx}[{ip}]: {e}"), &results),
             };
             if mail_reply.is_positive() {
                 for r in &rcpts {
@@ -708,7 +750,7 @@ impl Deliverer {
                             for (slot, reply) in results.iter_mut().zip(&rcpt_replies) {
                                 *slot = rcpt_outcome(reply, caps);
                             }
-                            return deferred_all(format!("{mx}[{ip}]: {e}"), &results);
+                            return deferred_all("4.4.2", format!("{mx}[{ip}]: {e}"), &results);
                         }
                     }
                 }
@@ -727,7 +769,11 @@ impl Deliverer {
                     status: mail_reply.status(),
                 }
             };
-            return (vec![outcome; n], text);
+            return TxEnd {
+                outcomes: vec![outcome; n],
+                reply: text,
+                clean: true,
+            };
         }
         for (slot, reply) in results.iter_mut().zip(&rcpt_replies) {
             *slot = rcpt_outcome(reply, caps);
@@ -738,26 +784,34 @@ impl Deliverer {
                 .last()
                 .map(Reply::to_string)
                 .unwrap_or_default();
-            let outcomes = results.into_iter().flatten().collect();
-            return (outcomes, last);
+            return TxEnd {
+                outcomes: results.into_iter().flatten().collect(),
+                reply: last,
+                clean: true,
+            };
         }
 
         // DATA.
         let data_reply = match conn.command("DATA", "to DATA", cmd).await {
             Ok(r) => r,
-            Err(e) => return deferred_all(format!("{mx}[{ip}]: {e}"), &results),
+            Err(e) => return deferred_all("4.4.2", format!("{mx}[{ip}]: {e}"), &results),
         };
         if data_reply.code != 354 {
             return finish(results, &data_reply, caps);
         }
-        let body = dot_stuff(&req.content);
-        for chunk in body.chunks(64 * 1024) {
-            if let Err(e) = conn.send(chunk, cmd).await {
-                return deferred_all(
-                    format!("{mx}[{ip}] while sending the message: {e}"),
-                    &results,
-                );
-            }
+        if let Err(e) = send_content(conn, &req.content, cmd).await {
+            let (status, why) = match &e {
+                DataError::Local(_) => {
+                    tracing::error!(queue_id = %req.id, error = %e, "cannot read message content");
+                    ("4.3.0", e.to_string())
+                }
+                DataError::Conn(_) => ("4.4.2", format!("{mx}[{ip}] {e}")),
+            };
+            // The data is unfinished: end the connection without the final dot.
+            return TxEnd {
+                clean: false,
+                ..deferred_all(status, why, &results)
+            };
         }
         // RFC 5321 4.5.3.2.6 suggests 10 minutes for the reply to the final dot: the
         // server may be scanning the message. Never less than the command timeout.
@@ -766,6 +820,7 @@ impl Deliverer {
             Ok(r) => r,
             Err(e) => {
                 return deferred_all(
+                    "4.4.2",
                     format!("{mx}[{ip}] after the message was sent: {e}"),
                     &results,
                 )
@@ -793,11 +848,7 @@ fn rcpt_outcome(reply: &Reply, _caps: &Capabilities) -> Option<RcptOutcome> {
 }
 
 /// Apply the DATA (or final-dot) reply to every recipient accepted at RCPT.
-fn finish(
-    results: Vec<Option<RcptOutcome>>,
-    reply: &Reply,
-    caps: &Capabilities,
-) -> (Vec<RcptOutcome>, String) {
+fn finish(results: Vec<Option<RcptOutcome>>, reply: &Reply, caps: &Capabilities) -> TxEnd {
     let text = reply.to_string();
     let outcomes = results
         .into_iter()
@@ -822,14 +873,65 @@ fn finish(
             })
         })
         .collect();
-    (outcomes, text)
+    TxEnd {
+        outcomes,
+        reply: text,
+        clean: true,
+    }
+}
+
+/// Send the content as DATA: read [`SEND_CHUNK`] bytes at a time on the blocking
+/// pool, dot-stuff, write (each write within `limit`, as every command), and end
+/// with the terminating ".". Exactly `content.size()` bytes are sent; content that
+/// ends early counts as a local read error, so SIZE= was not a lie.
+async fn send_content(
+    conn: &mut Conn,
+    content: &Arc<dyn ContentSource>,
+    limit: Duration,
+) -> Result<(), DataError> {
+    let size = content.size();
+    let mut stuffer = DotStuffer::new();
+    let mut buf = vec![0u8; SEND_CHUNK];
+    let mut out = Vec::with_capacity(DotStuffer::max_encoded_len(SEND_CHUNK) + 5);
+    let mut offset = 0u64;
+    loop {
+        out.clear();
+        if offset < size {
+            let want = usize::try_from(size - offset).map_or(SEND_CHUNK, |r| r.min(SEND_CHUNK));
+            let source = content.clone();
+            let mut piece = std::mem::take(&mut buf);
+            let (piece, read) = tokio::task::spawn_blocking(move || {
+                let read = source.read_at(&mut piece[..want], offset);
+                (piece, read)
+            })
+            .await
+            .map_err(|e| DataError::Local(std::io::Error::other(e)))?;
+            buf = piece;
+            let n = read.map_err(DataError::Local)?;
+            if n == 0 {
+                return Err(DataError::Local(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("content ends at byte {offset} of {size}"),
+                )));
+            }
+            stuffer.push(&buf[..n], &mut out);
+            offset += n as u64;
+        }
+        if offset >= size {
+            // The last piece carries the end of data: one write fewer.
+            stuffer.finish(&mut out);
+            conn.send(&out, limit).await?;
+            return Ok(());
+        }
+        conn.send(&out, limit).await?;
+    }
 }
 
 /// `MAIL FROM:<...>` with the parameters the server understands.
 fn mail_from_line(req: &DeliveryRequest, caps: &Capabilities) -> String {
     let mut line = format!("MAIL FROM:<{}>", req.sender);
     if caps.size.is_some() {
-        line.push_str(&format!(" SIZE={}", req.content.len()));
+        line.push_str(&format!(" SIZE={}", req.content.size()));
     }
     if req.body == BodyType::EightBitMime && caps.eight_bit_mime {
         line.push_str(" BODY=8BITMIME");

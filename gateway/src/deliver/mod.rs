@@ -4,14 +4,56 @@
 //! pending recipients of one message in one domain: MX lookup, host order, connect,
 //! STARTTLS at the required level, MAIL/RCPT/DATA, and reports per-recipient outcomes
 //! plus the TLS facts of the session.
+//!
+//! The content is not handed over in memory: up to `delivery.concurrency` attempts
+//! run at once, each for a message of up to `smtp.max_message_size`. A request
+//! carries a [`ContentSource`] (normally the open spool file) that the client reads
+//! in pieces of [`client::SEND_CHUNK`] bytes while it sends DATA, so one attempt
+//! holds a fixed amount of the message whatever its size.
 
 pub mod client;
 pub mod protocol;
 
+use std::io;
 use std::sync::Arc;
 
 use crate::config::Level;
 use crate::spool::record::{Attempt, BodyType, Notify, QueueId, Ret};
+use crate::spool::ContentFile;
+
+/// Message content a delivery reads from, by offset, in pieces. Reads block (they
+/// are file I/O): async callers run them on the blocking pool.
+pub trait ContentSource: std::fmt::Debug + Send + Sync + 'static {
+    /// The content's length in bytes (for SIZE=, RFC 1870).
+    fn size(&self) -> u64;
+    /// Read up to `buf.len()` bytes at `offset`; fewer only at the end (0 = end).
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+}
+
+/// A stored message: the normal source.
+impl ContentSource for ContentFile {
+    fn size(&self) -> u64 {
+        self.len()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        ContentFile::read_at(self, buf, offset)
+    }
+}
+
+/// Content built in memory (small generated messages, tests).
+impl ContentSource for Vec<u8> {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.len());
+        let n = buf.len().min(self.len() - start);
+        buf[..n].copy_from_slice(&self[start..start + n]);
+        Ok(n)
+    }
+}
 
 /// One recipient in a delivery request.
 #[derive(Debug, Clone)]
@@ -35,7 +77,8 @@ pub struct DeliveryRequest {
     pub envid: Option<String>,
     /// The minimum transport level (from the message's class).
     pub level: Level,
-    pub content: Arc<Vec<u8>>,
+    /// The message, read in pieces while DATA is sent (see the module docs).
+    pub content: Arc<dyn ContentSource>,
 }
 
 /// The outcome for one recipient, in request order.

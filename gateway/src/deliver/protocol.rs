@@ -201,26 +201,74 @@ impl Capabilities {
 /// Encode message content for DATA (RFC 5321 4.5.2 "transparency"): every line that
 /// starts with "." gets one more "."; line ends become CRLF (a bare LF is completed,
 /// RFC 5321 2.3.8); the content ends with CRLF and then the terminating ".\r\n".
+/// The whole content at once; [`DotStuffer`] does the same piece by piece.
 pub fn dot_stuff(content: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(content.len() + content.len() / 64 + 8);
-    let mut at_line_start = true;
-    let mut prev = 0u8;
-    for &b in content {
-        if at_line_start && b == b'.' {
-            out.push(b'.');
-        }
-        if b == b'\n' && prev != b'\r' {
-            out.push(b'\r');
-        }
-        out.push(b);
-        at_line_start = b == b'\n';
-        prev = b;
-    }
-    if !content.is_empty() && !at_line_start {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
+    let mut stuffer = DotStuffer::new();
+    stuffer.push(content, &mut out);
+    stuffer.finish(&mut out);
     out
+}
+
+/// The DATA encoding of [`dot_stuff`] for content that arrives in pieces of any
+/// size. Where a line starts and whether an LF had its CR are properties of the
+/// content, not of how it was cut, so they are carried from one piece to the next:
+/// a "." right after a piece boundary is still stuffed when the previous piece
+/// ended a line, and a CRLF split between two pieces stays one CRLF.
+#[derive(Debug, Clone)]
+pub struct DotStuffer {
+    at_line_start: bool,
+    prev: u8,
+    empty: bool,
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        DotStuffer::new()
+    }
+}
+
+impl DotStuffer {
+    pub fn new() -> DotStuffer {
+        DotStuffer {
+            at_line_start: true,
+            prev: 0,
+            empty: true,
+        }
+    }
+
+    /// Most bytes [`DotStuffer::push`] appends for `n` bytes of content: each byte
+    /// becomes at most two (".." or CR LF).
+    pub fn max_encoded_len(n: usize) -> usize {
+        n.saturating_mul(2)
+    }
+
+    /// Encode the next piece of content, appending to `out`.
+    pub fn push(&mut self, piece: &[u8], out: &mut Vec<u8>) {
+        out.reserve(piece.len() + piece.len() / 64 + 2);
+        for &b in piece {
+            if self.at_line_start && b == b'.' {
+                out.push(b'.');
+            }
+            if b == b'\n' && self.prev != b'\r' {
+                out.push(b'\r');
+            }
+            out.push(b);
+            self.at_line_start = b == b'\n';
+            self.prev = b;
+        }
+        if !piece.is_empty() {
+            self.empty = false;
+        }
+    }
+
+    /// End the data: the missing final line end, if any, and ".\r\n".
+    pub fn finish(self, out: &mut Vec<u8>) {
+        if !self.empty && !self.at_line_start {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+    }
 }
 
 /// RFC 3461 4 "xtext": printable ASCII except "+" and "=" as is, everything else "+HH".
@@ -328,6 +376,46 @@ mod tests {
         // The end-of-data sequence inside content can never terminate early.
         let stuffed = dot_stuff(b"x\r\n.\r\ny\r\n");
         assert_eq!(stuffed, b"x\r\n..\r\ny\r\n.\r\n");
+    }
+
+    /// Every way of cutting the content into two or three pieces encodes exactly
+    /// as the whole content does.
+    #[test]
+    fn dot_stuffing_in_pieces_matches_the_whole() {
+        let samples: [&[u8]; 6] = [
+            b"a\r\n.b\r\n..c\r\n.\r\nend",
+            b".\r\n.\n.",
+            b"x\ny\r\n\r\n.\r\n",
+            b"\r\n\r\r\n.\r.\n",
+            b"no line end at all",
+            b"",
+        ];
+        for content in samples {
+            let whole = dot_stuff(content);
+            for i in 0..=content.len() {
+                for j in i..=content.len() {
+                    let mut s = DotStuffer::new();
+                    let mut out = Vec::new();
+                    for piece in [&content[..i], &content[i..j], &content[j..]] {
+                        s.push(piece, &mut out);
+                    }
+                    s.finish(&mut out);
+                    assert_eq!(
+                        out,
+                        whole,
+                        "{:?} cut at {i}, {j}",
+                        String::from_utf8_lossy(content)
+                    );
+                }
+            }
+        }
+        // A CRLF split between pieces stays one CRLF; a dot after the cut is stuffed.
+        let mut s = DotStuffer::new();
+        let mut out = Vec::new();
+        s.push(b"a\r", &mut out);
+        s.push(b"\n.b", &mut out);
+        s.finish(&mut out);
+        assert_eq!(out, b"a\r\n..b\r\n.\r\n");
     }
 
     #[test]

@@ -17,6 +17,12 @@
 //! the SMTP server, which streams the content to disk while it arrives so that a
 //! session holds at most [`WRITE_BATCH`] bytes of it, whatever the message size.
 //! Both end in the same durable commit ([`crate::spool::Spool::commit`]).
+//!
+//! Messages go out the same way, never whole in memory: an attempt hands the
+//! transport the open spool file ([`crate::spool::Spool::open_content`]), which
+//! the SMTP client streams in fixed-size pieces; a DSN reads only what it returns
+//! (the whole original only when it is small enough to be returned in full, else
+//! its header section; see [`read_original`]).
 
 mod schedule;
 
@@ -26,7 +32,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify as Wakeup, Semaphore};
 
-use crate::bounce::{self, Dsn, DsnKind, DsnOptions};
+use crate::bounce::{self, Dsn, DsnKind, DsnOptions, Original};
 use crate::config::Config;
 use crate::control::ControlHandler;
 use crate::deliver::{DeliveryReport, DeliveryRequest, RcptOutcome, RcptRequest, Transport};
@@ -317,6 +323,7 @@ impl Queue {
                     ret: env.ret,
                     envid: env.envid.clone(),
                     level: cfg.class_level(&env.class),
+                    // The spool file is opened when the attempt starts.
                     content: Arc::new(Vec::new()),
                 };
                 jobs.push(Job {
@@ -340,13 +347,15 @@ impl Queue {
     }
 
     /// Carry out one job and record its result.
-    async fn attempt(&self, mut job: Job, transport: &dyn Transport) {
+    async fn attempt(&self, job: Job, transport: &dyn Transport) {
         let spool = self.inner.spool.clone();
         let id = job.id.clone();
-        let report = match blocking(move || spool.content(&id)).await {
+        let report = match blocking(move || spool.open_content(&id)).await {
             Ok(content) => {
-                job.request.content = Arc::new(content);
-                transport.deliver(job.request.clone()).await
+                // The request owns the open file; it is closed when the attempt ends.
+                let mut request = job.request.clone();
+                request.content = Arc::new(content);
+                transport.deliver(request).await
             }
             Err(e) => {
                 // Could not read our own spool: a local, temporary problem.
@@ -466,19 +475,25 @@ impl Queue {
             return;
         }
 
-        let original = if env.is_bounce() {
+        let (original, original_size) = if env.is_bounce() {
             // No notice is ever sent about a notice (RFC 3461 section 6.2).
-            Vec::new()
+            (Vec::new(), 0)
         } else {
             let spool = self.inner.spool.clone();
             let id2 = id.clone();
-            match blocking(move || spool.content(&id2)).await {
-                Ok(c) => c,
+            let env2 = env.clone();
+            let want_full = !failed.is_empty();
+            match blocking(move || read_original(&spool, &id2, &env2, want_full)).await {
+                Ok(o) => o,
                 Err(e) => {
                     tracing::error!(queue_id = %id, error = %e, "cannot read message for DSN");
                     return;
                 }
             }
+        };
+        let original = Original {
+            bytes: &original,
+            size: original_size,
         };
         let mut done: Vec<(usize, bool)> = Vec::new(); // (index, is_delay)
         let mta = cfg.hostname();
@@ -499,7 +514,7 @@ impl Queue {
                 ..DsnOptions::default()
             };
             if let Some(dsn) =
-                bounce::build_dsn_with(&mta, &env, &rcpts, kind, &original, now, &opts)
+                bounce::build_dsn_with(&mta, &env, &rcpts, kind, original, now, &opts)
             {
                 let notice = notice_envelope(&dsn, &mta);
                 let notice_id = notice.id.clone();
@@ -641,6 +656,26 @@ fn local_deferral(job: &Job, reason: String) -> DeliveryReport {
             reply: reason,
         },
     }
+}
+
+/// What a DSN about message `id` needs of it: the whole content when a failure
+/// notice is due (`want_full`) and may return it in full, else only the header
+/// section; with the full size. Reads at most [`bounce::MAX_FULL_RETURN`] or
+/// [`bounce::MAX_HEADER_RETURN`] bytes, whatever the message's size.
+fn read_original(
+    spool: &Spool,
+    id: &QueueId,
+    env: &Envelope,
+    want_full: bool,
+) -> Result<(Vec<u8>, u64), SpoolError> {
+    let content = spool.open_content(id)?;
+    let opts = DsnOptions::default();
+    let bytes = if want_full && bounce::full_return_possible(env, content.len(), &opts) {
+        content.read_prefix(opts.max_full_return)?
+    } else {
+        content.read_header_section(bounce::MAX_HEADER_RETURN)?
+    };
+    Ok((bytes, content.len()))
 }
 
 fn indices(env: &Envelope, pred: impl Fn(&Recipient) -> bool) -> Vec<usize> {

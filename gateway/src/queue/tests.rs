@@ -283,6 +283,22 @@ async fn result_for_a_deleted_message_is_ignored() {
     assert!(q.is_empty());
 }
 
+/// The whole content behind a delivery request's handle, read the way the SMTP
+/// client reads it: by offset, in pieces.
+fn read_all(source: &dyn crate::deliver::ContentSource) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 7];
+    loop {
+        let n = source.read_at(&mut buf, out.len() as u64).unwrap();
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(out.len() as u64, source.size());
+    out
+}
+
 /// A transport that answers from a script, to run the real scheduler loop.
 struct Scripted(std::sync::Mutex<Vec<RcptOutcome>>);
 
@@ -292,7 +308,7 @@ impl Transport for Scripted {
         req: DeliveryRequest,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = DeliveryReport> + Send + '_>> {
         Box::pin(async move {
-            assert_eq!(&req.content[..], CONTENT);
+            assert_eq!(read_all(req.content.as_ref()), CONTENT);
             let next = self.0.lock().unwrap().remove(0);
             DeliveryReport {
                 outcomes: req.recipients.iter().map(|_| next.clone()).collect(),
@@ -360,4 +376,51 @@ async fn streamed_message_is_committed_in_batches_and_scheduled() {
         .next()
         .is_none());
     assert_eq!(q.len(), 1);
+}
+
+#[tokio::test]
+async fn dsn_for_a_large_message_reads_and_returns_only_its_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), 0).unwrap();
+    let q = Queue::new(spool, config(), vec![]);
+    let env = env_for("a@lan.test", &["x@one.test"], 1000);
+    let header = b"From: a@lan.test\r\nSubject: big one\r\nMessage-ID: <big@lan.test>\r\n\r\n";
+    let mut content = header.to_vec();
+    while content.len() < 3 * 1024 * 1024 {
+        content.extend_from_slice(b"BODY-LINE-NOT-TO-BE-RETURNED\r\n");
+    }
+    q.submit(env.clone(), content.clone()).await.unwrap();
+
+    // What the notice is built from: the header section and the size, no more,
+    // although RET allows a full return (the message is over MAX_FULL_RETURN).
+    let (bytes, size) = read_original(q.spool(), &env.id, &env, true).unwrap();
+    assert_eq!(size, content.len() as u64);
+    assert_eq!(bytes, header, "only the header section is read");
+    // A small message with a failure due is read whole, RET=HDRS only its header.
+    let small = env_for("a@lan.test", &["x@one.test"], 1000);
+    q.submit(small.clone(), CONTENT.to_vec()).await.unwrap();
+    let (bytes, _) = read_original(q.spool(), &small.id, &small, true).unwrap();
+    assert_eq!(bytes, CONTENT);
+    let mut hdrs = small.clone();
+    hdrs.ret = Some(crate::spool::record::Ret::Headers);
+    let (bytes, _) = read_original(q.spool(), &small.id, &hdrs, true).unwrap();
+    assert_eq!(bytes, b"From: a@lan.test\r\nSubject: hello\r\n\r\n");
+    let (bytes, _) = read_original(q.spool(), &small.id, &small, false).unwrap();
+    assert_eq!(bytes, b"From: a@lan.test\r\nSubject: hello\r\n\r\n");
+
+    let (jobs, _) = q.take_due(1000);
+    let job = jobs.into_iter().find(|j| j.id == env.id).unwrap();
+    q.apply(&job, report(vec![failed()]), 1000).await;
+    assert!(q.show(&env.id).is_none(), "original removed once notified");
+    let n = notices(&q);
+    assert_eq!(n.len(), 1);
+    let dsn = q.spool().content(&n[0].id).unwrap();
+    assert!(dsn.len() < 64 * 1024, "{} bytes", dsn.len());
+    let text = String::from_utf8_lossy(&dsn);
+    assert!(text.contains("text/rfc822-headers"), "{text}");
+    assert!(text.contains("Subject: big one"), "{text}");
+    assert!(text.contains("In-Reply-To: <big@lan.test>"), "{text}");
+    assert!(!text.contains("BODY-LINE-NOT-TO-BE-RETURNED"), "{text}");
+    let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(words.contains("The headers of your message are attached."));
 }

@@ -29,12 +29,25 @@
 //! with the declared size), every [`MARGIN_CHECK_INTERVAL`] bytes while it is being
 //! written, and before the commit; ENOSPC and EDQUOT count as "disk full" too.
 //!
+//! # Streaming messages out
+//!
+//! Delivery reads the content the same way it came in: never as a whole. Up to
+//! `delivery.concurrency` attempts run at once, each for a message of up to
+//! `smtp.max_message_size`, so reading whole files would need that product in RAM.
+//! [`Spool::open_content`] gives a [`ContentFile`]: an open file with its length,
+//! read at explicit offsets (`pread`), so every connection of an attempt can send
+//! it from the start without sharing a file position. A file stays readable through
+//! an open handle even if the admin deletes the message meanwhile. Delivery status
+//! notifications need only the beginning of a message: [`ContentFile::read_prefix`]
+//! and [`ContentFile::read_header_section`] read at most a given number of bytes.
+//!
 //! All functions here do blocking file I/O; async callers use `spawn_blocking`.
 
 pub mod record;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use record::{Envelope, QueueId, RECORD_VERSION};
@@ -256,10 +269,33 @@ impl Spool {
         sync_dir(dir)
     }
 
-    /// Read a message's content.
+    /// Read a message's whole content into memory. For small messages and tools;
+    /// delivery and notices use [`Spool::open_content`] and read bounded pieces.
     pub fn content(&self, id: &QueueId) -> Result<Vec<u8>> {
         let p = self.msg_path(id);
         fs::read(&p).map_err(io_err("read", &p))
+    }
+
+    /// Open a message's content for reading in pieces (see the module docs).
+    pub fn open_content(&self, id: &QueueId) -> Result<ContentFile> {
+        let path = self.msg_path(id);
+        let file = File::open(&path).map_err(io_err("open", &path))?;
+        let len = file.metadata().map_err(io_err("stat", &path))?.len();
+        Ok(ContentFile { file, len, path })
+    }
+
+    /// The first `max` bytes of a message's content (all of it when shorter) and
+    /// its full length. Never reads more than `max` bytes.
+    pub fn read_prefix(&self, id: &QueueId, max: usize) -> Result<(Vec<u8>, u64)> {
+        let content = self.open_content(id)?;
+        Ok((content.read_prefix(max)?, content.len()))
+    }
+
+    /// A message's header section (see [`ContentFile::read_header_section`]) and
+    /// its full length. Never reads more than `max` bytes.
+    pub fn read_header_section(&self, id: &QueueId, max: usize) -> Result<(Vec<u8>, u64)> {
+        let content = self.open_content(id)?;
+        Ok((content.read_header_section(max)?, content.len()))
     }
 
     /// Remove a message (delivered, bounced or deleted by the admin).
@@ -438,6 +474,117 @@ impl Drop for Incoming {
     }
 }
 
+/// Bytes [`ContentFile::read_header_section`] reads per system call while it looks
+/// for the end of the header section (most header sections fit in one).
+const HEADER_READ_STEP: usize = 16 * 1024;
+
+/// A stored message's content, open for reading (see [`Spool::open_content`]).
+/// Reads take an explicit offset and never move a shared position, so one
+/// `ContentFile` can serve several readers one after the other or at once.
+#[derive(Debug)]
+pub struct ContentFile {
+    file: File,
+    /// The length when it was opened; content files never change once stored.
+    len: u64,
+    path: PathBuf,
+}
+
+impl ContentFile {
+    /// The content's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Read up to `buf.len()` bytes at `offset`; fewer only at the end of the
+    /// content (0 = end). Interrupted reads are retried.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self
+                .file
+                .read_at(&mut buf[filled..], offset + filled as u64)
+            {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(filled)
+    }
+
+    /// The first `max` bytes (all of the content when it is shorter).
+    pub fn read_prefix(&self, max: usize) -> Result<Vec<u8>> {
+        let want = usize::try_from(self.len).unwrap_or(usize::MAX).min(max);
+        let mut buf = vec![0; want];
+        let n = self
+            .read_at(&mut buf, 0)
+            .map_err(io_err("read", &self.path))?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// The header section (RFC 5322 2.1): everything up to and including the empty
+    /// line that ends it, or the whole content when it has no body. Reads at most
+    /// `max` bytes; when the header section is longer, the result is cut after the
+    /// last complete line within them (or at `max` if there is none).
+    pub fn read_header_section(&self, max: usize) -> Result<Vec<u8>> {
+        let mut buf: Vec<u8> = Vec::new();
+        let limit = usize::try_from(self.len).unwrap_or(usize::MAX).min(max);
+        while buf.len() < limit {
+            let start = buf.len();
+            let step = HEADER_READ_STEP.min(limit - start);
+            buf.resize(start + step, 0);
+            let n = self
+                .read_at(&mut buf[start..], start as u64)
+                .map_err(io_err("read", &self.path))?;
+            buf.truncate(start + n);
+            // The empty line may straddle the previous step: look from 3 bytes back.
+            if let Some(end) = header_end(&buf, start.saturating_sub(3)) {
+                buf.truncate(end);
+                return Ok(buf);
+            }
+            if n < step {
+                break;
+            }
+        }
+        if buf.len() as u64 >= self.len {
+            // No empty line: the whole (short enough) content is header.
+            return Ok(buf);
+        }
+        // Cut short by `max`: end at a line boundary so no field is half there.
+        if let Some(p) = buf.iter().rposition(|&b| b == b'\n') {
+            buf.truncate(p + 1);
+        }
+        Ok(buf)
+    }
+}
+
+/// Where the header section in `buf` ends (just after its empty line), looking for
+/// the empty line from `from` on. CRLF and bare LF line ends are both understood.
+fn header_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while i < buf.len() {
+        let p = buf[i..].iter().position(|&b| b == b'\n')? + i;
+        // `p` ends a line; an empty line follows if the next line is only CRLF / LF.
+        match buf.get(p + 1..) {
+            Some([b'\n', ..]) => return Some(p + 2),
+            Some([b'\r', b'\n', ..]) => return Some(p + 3),
+            _ => {}
+        }
+        i = p + 1;
+    }
+    None
+}
+
 fn read_dir(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut v = Vec::new();
     for e in fs::read_dir(dir).map_err(io_err("list", dir))? {
@@ -571,6 +718,87 @@ mod tests {
         assert_eq!(spool.content(&e.id).unwrap(), content);
         assert!(entries(&dir.path().join("queue/tmp")).is_empty());
         assert_eq!(spool.recover().unwrap().envelopes, vec![e]);
+    }
+
+    #[test]
+    fn content_is_read_by_offset_in_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 0).unwrap();
+        let e = envelope(1);
+        let content = pattern(3 * 64 * 1024 + 11);
+        spool.store(&e, &content).unwrap();
+        let file = spool.open_content(&e.id).unwrap();
+        assert_eq!(file.len(), content.len() as u64);
+        // Two readers interleaved: no shared position.
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let mut buf = vec![0u8; 64 * 1024];
+        while (a.len() as u64) < file.len() {
+            let n = file.read_at(&mut buf, a.len() as u64).unwrap();
+            a.extend_from_slice(&buf[..n]);
+            let n = file.read_at(&mut buf[..1000], b.len() as u64).unwrap();
+            b.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(a, content);
+        assert_eq!(b, content[..b.len()]);
+        assert_eq!(file.read_at(&mut buf, file.len()).unwrap(), 0);
+        // Still readable through the open handle after the message is removed.
+        spool.remove(&e.id).unwrap();
+        assert_eq!(file.read_at(&mut buf[..5], 0).unwrap(), 5);
+        assert_eq!(buf[..5], content[..5]);
+        assert!(spool.open_content(&e.id).is_err());
+    }
+
+    #[test]
+    fn bounded_reads_for_notices() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 0).unwrap();
+        // A 3 MiB message whose header section is longer than one read step, with
+        // its empty line cut by a step boundary in each possible place.
+        let mut content = Vec::new();
+        for shift in 0..4 {
+            let mut header = Vec::new();
+            while header.len() + 100 < HEADER_READ_STEP {
+                header.extend_from_slice(b"X-Filler: 01234567890123456789012345678\r\n");
+            }
+            header.extend_from_slice(b"X-Last: ");
+            header.resize(HEADER_READ_STEP - 4 + shift, b'z');
+            header.extend_from_slice(b"\r\n\r\n");
+            content = header.clone();
+            content.extend_from_slice(b".body starts here\r\n\r\nmore\r\n");
+            content.resize(3 * 1024 * 1024, b'b');
+            let e = envelope(1);
+            spool.store(&e, &content).unwrap();
+
+            let (h, len) = spool.read_header_section(&e.id, 1024 * 1024).unwrap();
+            assert_eq!(len, content.len() as u64);
+            assert!(h == header, "shift {shift}: exactly the header section");
+        }
+        let e = envelope(1);
+        spool.store(&e, &content).unwrap();
+
+        let (p, len) = spool.read_prefix(&e.id, 1000).unwrap();
+        assert_eq!(
+            (p.as_slice(), len),
+            (&content[..1000], content.len() as u64)
+        );
+        let (p, _) = spool.read_prefix(&e.id, 10 * 1024 * 1024).unwrap();
+        assert!(p == content, "all of it when shorter than the bound");
+
+        // A header section longer than the bound: cut after the last whole line.
+        let (h, _) = spool.read_header_section(&e.id, 1000).unwrap();
+        assert!(h.len() <= 1000 && h.ends_with(b"\r\n"), "{}", h.len());
+        assert!(content.starts_with(&h));
+
+        // No empty line at all: the whole (short) content is header.
+        let e2 = envelope(1);
+        spool.store(&e2, b"Subject: only\r\nX: y\r\n").unwrap();
+        let (h, _) = spool.read_header_section(&e2.id, 1000).unwrap();
+        assert_eq!(h, b"Subject: only\r\nX: y\r\n");
+        // Bare LF line ends are understood too.
+        let e3 = envelope(1);
+        spool.store(&e3, b"Subject: lf\n\nbody\n").unwrap();
+        let (h, _) = spool.read_header_section(&e3.id, 1000).unwrap();
+        assert_eq!(h, b"Subject: lf\n\n");
     }
 
     #[test]

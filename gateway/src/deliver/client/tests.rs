@@ -447,7 +447,7 @@ async fn encrypted_over_self_signed_starttls() {
         mail,
         &format!(
             "MAIL FROM:<alice@sender.test> SIZE={} BODY=8BITMIME RET=HDRS ENVID=env+20id+2B1",
-            request(Level::May, &[]).content.len()
+            request(Level::May, &[]).content.size()
         )
     );
     let rcpt = log.commands.iter().find(|c| c.starts_with("RCPT")).unwrap();
@@ -897,4 +897,168 @@ fn address_literals() {
     assert_eq!(address_literal("[IPv6:::1]"), Some("::1".parse().unwrap()));
     assert_eq!(address_literal("example.test"), None);
     assert_eq!(address_literal("[999.0.0.1]"), None);
+}
+
+// ---------------------------------------------------------------- streaming DATA
+
+/// What the server's mailbox gets: the data received, with the dot-stuffing undone
+/// (RFC 5321 4.5.2: a line starting with "." loses that first ".").
+fn unstuff(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len());
+    for line in data.split_inclusive(|&b| b == b'\n') {
+        out.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+    }
+    out
+}
+
+/// `content` stored in a spool under `dir`, opened the way the queue opens it.
+fn spooled(dir: &std::path::Path, content: &[u8]) -> Arc<dyn ContentSource> {
+    use crate::spool::record::{ClientInfo, Envelope, Recipient, RECORD_VERSION};
+    let spool = crate::spool::Spool::open(dir, 0).unwrap();
+    let env = Envelope {
+        record_version: RECORD_VERSION,
+        id: QueueId::generate(),
+        received_at: now_secs(),
+        sender: "alice@sender.test".into(),
+        ret: None,
+        envid: None,
+        body: BodyType::EightBitMime,
+        smtputf8: false,
+        requiretls: false,
+        size: content.len() as u64,
+        class: "normal".into(),
+        client: ClientInfo::default(),
+        message_id: None,
+        recipients: vec![Recipient::new("bob@example.test".into(), None, None, 0)],
+    };
+    spool.store(&env, content).unwrap();
+    Arc::new(spool.open_content(&env.id).unwrap())
+}
+
+/// Append filler lines (CRLF-ended, under 1000 bytes) until `msg` is `end` long.
+fn pad_to(msg: &mut Vec<u8>, end: usize) {
+    let mut i = 0u32;
+    while end - msg.len() > 1000 {
+        msg.extend_from_slice(format!("line {i:06} {}\r\n", "x".repeat(60)).as_bytes());
+        i += 1;
+    }
+    let rest = end - msg.len();
+    assert!(rest >= 2, "cannot pad by {rest}");
+    msg.extend(std::iter::repeat_n(b'y', rest - 2));
+    msg.extend_from_slice(b"\r\n");
+    assert_eq!(msg.len(), end);
+}
+
+/// Deliver `content` from a spool file and return what the server's mailbox got
+/// and the MAIL command.
+async fn deliver_spooled(content: &[u8]) -> (Vec<u8>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, logs) = start(Spec {
+        extensions: vec!["PIPELINING", "SIZE 60000000", "8BITMIME"],
+        ..Default::default()
+    })
+    .await;
+    let d = deliverer(port, None);
+    let mut req = request(Level::May, &["bob@example.test"]);
+    req.content = spooled(dir.path(), content);
+    let report = d.deliver_to(&req, &local(MX)).await;
+    assert!(delivered(&report.outcomes[0]), "{report:?}");
+    let log = logs_settled(&logs, 1).await.remove(0);
+    let mail = log
+        .commands
+        .iter()
+        .find(|c| c.starts_with("MAIL"))
+        .cloned()
+        .unwrap();
+    (unstuff(&log.data.expect("data received")), mail)
+}
+
+#[tokio::test]
+async fn dot_stuffing_across_chunk_boundaries_arrives_byte_exact() {
+    let mut msg = b"From: alice@sender.test\r\nSubject: boundaries\r\n\r\n".to_vec();
+    // A "."-led line starting exactly at the first chunk boundary.
+    pad_to(&mut msg, SEND_CHUNK);
+    msg.extend_from_slice(b".leading dot at the boundary\r\n");
+    // A CRLF split across the second boundary, then a "."-led line.
+    pad_to(&mut msg, 2 * SEND_CHUNK + 1);
+    assert_eq!(&msg[2 * SEND_CHUNK - 1..], b"\r\n");
+    msg.extend_from_slice(b".after the split CRLF\r\n");
+    // A line of only "." at the third boundary: unstuffed it would end the data.
+    pad_to(&mut msg, 3 * SEND_CHUNK);
+    msg.extend_from_slice(b".\r\n..two dots\r\nlast line\r\n");
+    let (got, mail) = deliver_spooled(&msg).await;
+    assert_eq!(got.len(), msg.len());
+    assert!(got == msg, "content changed on the way");
+    assert!(mail.contains(&format!(" SIZE={} ", msg.len())), "{mail}");
+}
+
+#[tokio::test]
+async fn message_without_final_line_end_gets_one() {
+    // The last chunk ends mid-line; as before streaming, CRLF is added.
+    let mut msg = b"Subject: open end\r\n\r\n".to_vec();
+    pad_to(&mut msg, SEND_CHUNK);
+    msg.extend_from_slice(b".no line end");
+    let (got, _) = deliver_spooled(&msg).await;
+    let mut want = msg.clone();
+    want.extend_from_slice(b"\r\n");
+    assert!(got == want);
+}
+
+#[tokio::test]
+async fn five_mib_message_is_delivered_byte_exact() {
+    let mut msg = b"From: alice@sender.test\r\nSubject: big\r\n\r\n".to_vec();
+    let mut i = 0usize;
+    while msg.len() < 5 * 1024 * 1024 {
+        // Varying lengths so "."-led lines fall at many offsets, chunk edges included.
+        let dots = if i.is_multiple_of(7) { "." } else { "" };
+        let line = format!("{dots}{i} {}\r\n", "abcdefghij".repeat(i % 13));
+        msg.extend_from_slice(line.as_bytes());
+        i += 1;
+    }
+    let (got, mail) = deliver_spooled(&msg).await;
+    assert_eq!(got.len(), msg.len());
+    assert!(got == msg, "content changed on the way");
+    assert!(mail.contains(&format!(" SIZE={} ", msg.len())), "{mail}");
+}
+
+/// Content that cannot be read past its first chunk.
+#[derive(Debug)]
+struct Unreadable;
+
+impl ContentSource for Unreadable {
+    fn size(&self) -> u64 {
+        3 * SEND_CHUNK as u64
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        if offset > 0 {
+            return Err(std::io::Error::other("disk error"));
+        }
+        let n = buf.len();
+        buf.fill(b'a');
+        if n >= 2 {
+            buf[n - 2..].copy_from_slice(b"\r\n");
+        }
+        Ok(n)
+    }
+}
+
+#[tokio::test]
+async fn read_error_mid_data_defers_and_leaves_the_data_unfinished() {
+    let (port, logs) = start(Spec::default()).await;
+    let d = deliverer(port, None);
+    let mut req = request(Level::May, &["bob@example.test"]);
+    req.content = Arc::new(Unreadable);
+    let report = d.deliver_to(&req, &local(MX)).await;
+    match &report.outcomes[0] {
+        RcptOutcome::Deferred { status, reply } => {
+            assert_eq!(status, "4.3.0");
+            assert!(reply.contains("disk error"), "{reply}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let log = &logs_settled(&logs, 1).await[0];
+    assert!(log.commands.iter().any(|c| c == "DATA"));
+    // The connection ended before the final ".": the server has no message, and
+    // no QUIT was sent inside the data.
+    assert!(log.data.is_none());
 }
