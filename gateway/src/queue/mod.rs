@@ -47,6 +47,10 @@ pub use schedule::RetrySchedule;
 /// clock changes).
 const MAX_IDLE: Duration = Duration::from_secs(30);
 
+/// How often every message is looked at for time-based notices (delay DSNs) and
+/// notices that could not be queued before.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
 /// How long shutdown waits for deliveries under way to finish and record their result.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
@@ -232,16 +236,22 @@ impl Queue {
         // Notices left pending by a crash (DSN stored but flag not yet written, or
         // the reverse) are settled first.
         self.settle_all().await;
-        loop {
+        let mut last_sweep = tokio::time::Instant::now();
+        'scheduling: loop {
             if *shutdown.borrow() {
                 break;
             }
             let now = now_secs();
             let (jobs, next_due) = self.take_due(now);
-            for job in jobs {
+            let mut jobs = jobs.into_iter();
+            while let Some(job) = jobs.next() {
                 let permit = tokio::select! {
                     p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-                    _ = shutdown.changed() => { self.release(&job); continue; }
+                    _ = shutdown.changed() => {
+                        self.release(&job);
+                        jobs.for_each(|j| self.release(&j));
+                        break 'scheduling;
+                    }
                 };
                 let queue = self.clone();
                 let transport = transport.clone();
@@ -251,7 +261,13 @@ impl Queue {
                 });
             }
             while tasks.try_join_next().is_some() {}
-            self.settle_all().await;
+            // Results are settled right after each attempt; this periodic sweep
+            // sends delay notices and retries notices that could not be queued
+            // earlier (e.g. while the disk was full).
+            if last_sweep.elapsed() >= SWEEP_INTERVAL {
+                self.settle_all().await;
+                last_sweep = tokio::time::Instant::now();
+            }
             let sleep = next_due
                 .map(|t| Duration::from_secs(t.saturating_sub(now_secs())))
                 .unwrap_or(MAX_IDLE)
@@ -260,7 +276,6 @@ impl Queue {
                 _ = tokio::time::sleep(sleep) => {}
                 _ = self.inner.wakeup.notified() => {}
                 _ = shutdown.changed() => {}
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         }
         let grace = tokio::time::timeout(SHUTDOWN_GRACE, async {
@@ -283,18 +298,19 @@ impl Queue {
         for entry in st.messages.values_mut() {
             let env = &entry.env;
             let mut due_domains: BTreeSet<String> = BTreeSet::new();
+            // Cheap integer checks first: this scan runs on every wakeup over the
+            // whole queue, so nothing is allocated for recipients that are not due.
             for r in env.recipients.iter() {
                 if r.state != RcptState::Pending {
                     continue;
                 }
-                let domain = r.domain();
-                if entry.in_flight.contains(&domain) {
+                if r.next_attempt > now {
+                    next = Some(next.map_or(r.next_attempt, |n| n.min(r.next_attempt)));
                     continue;
                 }
-                if r.next_attempt <= now {
+                let domain = r.domain();
+                if !entry.in_flight.contains(&domain) {
                     due_domains.insert(domain);
-                } else {
-                    next = Some(next.map_or(r.next_attempt, |n| n.min(r.next_attempt)));
                 }
             }
             for domain in due_domains {
@@ -413,6 +429,8 @@ impl Queue {
         };
         self.persist(&updated).await;
         self.settle(&job.id, now).await;
+        // Deferred recipients have a new due time the sleeping scheduler must see.
+        self.inner.wakeup.notify_one();
     }
 
     async fn persist(&self, env: &Envelope) {
