@@ -8,6 +8,7 @@
 //! - [`queue`]: the scheduler: retries, expiry, DSN triggers (Postfix: qmgr).
 //! - [`deliver`]: one outbound SMTP transaction (Postfix: smtp).
 //! - [`dns`]: MX and address lookups.
+//! - [`dane`]: DANE for SMTP: TLSA records, the per-connection verifier (RFC 7672).
 //! - [`tls`]: rustls configurations for the inbound server and outbound client.
 //! - [`policy`]: what transport a recipient gets, decided in one place.
 //! - [`bounce`]: delivery status notifications (Postfix: bounce).
@@ -17,6 +18,7 @@
 pub mod bounce;
 pub mod config;
 pub mod control;
+pub mod dane;
 pub mod deliver;
 pub mod dns;
 pub mod policy;
