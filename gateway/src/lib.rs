@@ -10,6 +10,7 @@
 //! - [`dns`]: MX and address lookups.
 //! - [`dane`]: DANE for SMTP: TLSA records, the per-connection verifier (RFC 7672).
 //! - [`tls`]: rustls configurations for the inbound server and outbound client.
+//! - [`mtasts`]: MTA-STS (RFC 8461): recipient domains' HTTPS-published MX policies, cached.
 //! - [`policy`]: what transport a recipient gets, decided in one place.
 //! - [`bounce`]: delivery status notifications (Postfix: bounce).
 //! - [`control`]: the admin control socket and its protocol.
@@ -21,6 +22,7 @@ pub mod control;
 pub mod dane;
 pub mod deliver;
 pub mod dns;
+pub mod mtasts;
 pub mod policy;
 pub mod queue;
 pub mod smtp;

@@ -74,6 +74,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub control: ControlConfig,
     pub log: LogConfig,
+    /// MTA-STS (RFC 8461): policy discovery, fetch and cache.
+    pub mta_sts: MtaStsConfig,
     /// Risk classes by name. Every message is `normal` for now.
     pub class: BTreeMap<String, ClassConfig>,
 }
@@ -182,6 +184,26 @@ pub struct LogConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MtaStsConfig {
+    /// Look up and apply recipient domains' MTA-STS policies.
+    pub enabled: bool,
+    /// TCP port of the policy hosts `mta-sts.<domain>` (443; tests use their own).
+    pub port: u16,
+    /// Time allowed for one whole policy fetch: connect, TLS, request and body.
+    #[serde(with = "humantime_serde")]
+    pub fetch_timeout: Duration,
+    /// Largest policy body accepted, in bytes (at most 65536, standards.md E2).
+    pub max_policy_size: usize,
+    /// How often the background task looks for cached policies to refresh.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// After a failed fetch, wait this long before fetching that domain's policy again.
+    #[serde(with = "humantime_serde")]
+    pub retry_after_failure: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClassConfig {
     /// The minimum transport level for messages of this class.
@@ -258,6 +280,19 @@ impl Default for DeliveryConfig {
     }
 }
 
+impl Default for MtaStsConfig {
+    fn default() -> Self {
+        MtaStsConfig {
+            enabled: true,
+            port: 443,
+            fetch_timeout: Duration::from_secs(60),
+            max_policy_size: 64 * 1024,
+            refresh_interval: Duration::from_secs(3600),
+            retry_after_failure: Duration::from_secs(300),
+        }
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
@@ -283,6 +318,7 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             control: ControlConfig::default(),
             log: LogConfig::default(),
+            mta_sts: MtaStsConfig::default(),
             class,
         }
     }
@@ -372,6 +408,21 @@ impl Config {
         if self.delivery.queue_lifetime.is_zero() {
             return Err(bad("delivery.queue_lifetime", "must be > 0"));
         }
+        if self.mta_sts.port == 0 {
+            return Err(bad("mta_sts.port", "must not be 0"));
+        }
+        if self.mta_sts.fetch_timeout.is_zero() {
+            return Err(bad("mta_sts.fetch_timeout", "must be > 0"));
+        }
+        if self.mta_sts.max_policy_size == 0 || self.mta_sts.max_policy_size > 64 * 1024 {
+            return Err(bad(
+                "mta_sts.max_policy_size",
+                "must be between 1 and 65536 bytes (RFC 8461 section 3.3)",
+            ));
+        }
+        if self.mta_sts.refresh_interval.is_zero() {
+            return Err(bad("mta_sts.refresh_interval", "must be > 0"));
+        }
         if let Some(ca) = &self.tls.ca_file {
             if !ca.exists() {
                 return Err(bad(
@@ -440,6 +491,27 @@ mod tests {
         assert_eq!(cfg.delivery.queue_lifetime, def.delivery.queue_lifetime);
         assert_eq!(cfg.smtp.max_message_size, def.smtp.max_message_size);
         assert_eq!(cfg.class_level("normal"), Level::Encrypted);
+        assert_eq!(cfg.mta_sts.port, def.mta_sts.port);
+        assert_eq!(cfg.mta_sts.fetch_timeout, def.mta_sts.fetch_timeout);
+        assert_eq!(cfg.mta_sts.max_policy_size, def.mta_sts.max_policy_size);
+        assert_eq!(cfg.mta_sts.refresh_interval, def.mta_sts.refresh_interval);
+        assert_eq!(
+            cfg.mta_sts.retry_after_failure,
+            def.mta_sts.retry_after_failure
+        );
+    }
+
+    #[test]
+    fn mta_sts_limits_are_checked() {
+        let err =
+            Config::parse("[mta_sts]\nmax_policy_size = 70000\n", Path::new("x")).unwrap_err();
+        assert!(err.to_string().contains("mta_sts.max_policy_size"), "{err}");
+        let err = Config::parse("[mta_sts]\nfetch_timeout = \"0s\"\n", Path::new("x")).unwrap_err();
+        assert!(err.to_string().contains("mta_sts.fetch_timeout"), "{err}");
+        let cfg =
+            Config::parse("[mta_sts]\nport = 8443\nenabled = false\n", Path::new("x")).unwrap();
+        assert_eq!(cfg.mta_sts.port, 8443);
+        assert!(!cfg.mta_sts.enabled);
     }
 
     #[test]

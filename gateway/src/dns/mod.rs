@@ -322,6 +322,12 @@ impl Resolver {
         Ok(Resolver { inner, validating })
     }
 
+    /// The underlying hickory resolver, for record types this module does not wrap
+    /// (e.g. the TXT lookup of `mtasts`), with the same upstreams and options.
+    pub fn hickory(&self) -> &TokioResolver {
+        &self.inner
+    }
+
     /// Where mail for `domain` goes (see the module documentation for the rules).
     pub async fn resolve_mx(&self, domain: &str) -> MxResult {
         let name = match absolute_name(domain) {

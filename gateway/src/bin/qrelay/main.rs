@@ -3,6 +3,7 @@
 //! - `qrelay` / `qrelay relay`: run the relay (embedded defaults without `--config`).
 //! - `qrelay config example | check FILE | hash-password`
 //! - `qrelay queue list | show ID | retry ID|all | delete ID`
+//! - `qrelay mta-sts purge DOMAIN`
 
 mod daemon;
 
@@ -40,6 +41,16 @@ enum Command {
     /// Inspect and manage the running relay's queue.
     #[command(subcommand)]
     Queue(QueueCmd),
+    /// Manage the MTA-STS policy cache.
+    #[command(subcommand)]
+    MtaSts(MtaStsCmd),
+}
+
+#[derive(Subcommand)]
+enum MtaStsCmd {
+    /// Forget a recipient domain's cached policy; the relay fetches it anew. Works on
+    /// <spool.dir>/mta-sts directly, safe while the relay runs (see mtasts::purge_cached).
+    Purge { domain: String },
 }
 
 #[derive(Subcommand)]
@@ -112,6 +123,15 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("empty password");
             }
             println!("{}", qrelay::smtp::hash_password(pw));
+            Ok(())
+        }
+        Command::MtaSts(MtaStsCmd::Purge { domain }) => {
+            let config = load_config(cli.config.as_deref())?;
+            if qrelay::mtasts::purge_cached(&config.spool.dir, &domain)? {
+                println!("{domain}: cached MTA-STS policy removed");
+            } else {
+                println!("{domain}: no cached MTA-STS policy");
+            }
             Ok(())
         }
         Command::Queue(cmd) => {
