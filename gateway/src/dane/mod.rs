@@ -133,7 +133,7 @@ pub use tlsa::{
     USAGE_PKIX_TA,
 };
 pub use verifier::{
-    client_config, DaneMechanism, DaneOutcome, DaneVerifier, OutcomeSlot, TlsaMismatch,
+    client_config, DaneMechanism, DaneOutcome, DaneVerifier, LeafCheck, OutcomeSlot, TlsaMismatch,
 };
 
 /// Why a DANE verifier or configuration could not be built.

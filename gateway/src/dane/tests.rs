@@ -801,3 +801,44 @@ fn client_config_has_no_resumption_and_no_early_data() {
     assert!(debug.contains("NoClientSessionStorage"), "{debug}");
     assert!(debug.contains("Disabled"), "{debug}");
 }
+
+#[tokio::test]
+async fn c6_leaf_check_of_the_tls_profile_runs_after_a_dane_match() {
+    // The TLS profile's certificate rules (e.g. minimum key size) still apply to a
+    // DANE-authenticated server: a failing check refuses it inside the handshake.
+    let leaf = Leaf::self_signed(&[MX], Validity::Current);
+    for (accept, expect_ok) in [(true, true), (false, false)] {
+        let (addr, server) = serve(vec![leaf.cert.clone()], leaf.key_der(), BOTH).await;
+        let usable = TlsaSet::new(vec![ee_record(1, 1, &leaf)]).usable();
+        let slot = OutcomeSlot::new();
+        let seen = leaf.cert.clone();
+        let check: LeafCheck = Arc::new(move |cert: &CertificateDer<'_>| {
+            assert_eq!(cert.as_ref(), seen.as_ref(), "the check sees the leaf");
+            if accept {
+                Ok(())
+            } else {
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                ))
+            }
+        });
+        let verifier = Arc::new(
+            DaneVerifier::new(&usable, MX, MX, provider(), slot.clone())
+                .expect("verifier")
+                .with_leaf_check(check),
+        );
+        let config = client_config(provider(), BOTH, verifier.clone()).expect("config");
+        let result = async {
+            let tcp = TcpStream::connect(addr).await?;
+            let mut tls = TlsConnector::from(config)
+                .connect(verifier.server_name(), tcp)
+                .await?;
+            tls.write_all(b"x").await?;
+            Ok::<(), std::io::Error>(())
+        }
+        .await;
+        let _ = server.await;
+        assert_eq!(result.is_ok(), expect_ok, "{result:?}");
+        assert_eq!(slot.get().is_some(), expect_ok);
+    }
+}

@@ -199,7 +199,7 @@ impl Tlsa {
 }
 
 impl fmt::Display for Tlsa {
-    /// Presentation format, "3 1 1 <hex>" (RFC 6698 section 2.2).
+    /// Presentation format, `3 1 1 <hex>` (RFC 6698 section 2.2).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,

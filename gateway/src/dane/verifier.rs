@@ -130,6 +130,18 @@ pub struct DaneVerifier {
     reference_names: Vec<(String, ServerName<'static>)>,
     provider: Arc<CryptoProvider>,
     slot: OutcomeSlot,
+    leaf_check: Option<LeafCheckFn>,
+}
+
+/// An extra check of the server certificate, see [`DaneVerifier::with_leaf_check`].
+pub type LeafCheck = Arc<dyn Fn(&CertificateDer<'_>) -> Result<(), TlsError> + Send + Sync>;
+
+struct LeafCheckFn(LeafCheck);
+
+impl fmt::Debug for LeafCheckFn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LeafCheck")
+    }
 }
 
 impl DaneVerifier {
@@ -170,6 +182,7 @@ impl DaneVerifier {
             reference_names,
             provider,
             slot,
+            leaf_check: None,
         })
     }
 
@@ -185,13 +198,25 @@ impl DaneVerifier {
         &self.base_domain
     }
 
+    /// Add a check of the server's certificate that runs after a record matched,
+    /// inside the handshake: the TLS profile's rules that DANE does not replace,
+    /// such as minimum key sizes (standards.md C6). An error refuses the server.
+    pub fn with_leaf_check(mut self, check: LeafCheck) -> DaneVerifier {
+        self.leaf_check = Some(LeafCheckFn(check));
+        self
+    }
+
     fn found(
         &self,
+        end_entity: &CertificateDer<'_>,
         mechanism: DaneMechanism,
         record: &Tlsa,
         chain_position: Option<usize>,
         matched_name: Option<String>,
     ) -> Result<ServerCertVerified, TlsError> {
+        if let Some(LeafCheckFn(check)) = &self.leaf_check {
+            check(end_entity)?;
+        }
         self.slot.set(Some(DaneOutcome {
             mechanism,
             record: record.clone(),
@@ -273,7 +298,7 @@ impl ServerCertVerifier for DaneVerifier {
         // signature over the TLSA RRset is what vouches for the binding.
         for record in self.records.iter().filter(|r| r.usage == USAGE_DANE_EE) {
             if record.matches(end_entity.as_ref(), Some(leaf_spki.as_ref())) {
-                return self.found(DaneMechanism::DaneEe, record, Some(0), None);
+                return self.found(end_entity, DaneMechanism::DaneEe, record, Some(0), None);
             }
         }
 
@@ -309,6 +334,7 @@ impl ServerCertVerifier for DaneVerifier {
                 match self.check_ta_path(&ee, intermediates, &[anchor], now) {
                     Ok(name) => {
                         return self.found(
+                            end_entity,
                             DaneMechanism::DaneTa,
                             record,
                             Some(position),
@@ -347,7 +373,15 @@ impl ServerCertVerifier for DaneVerifier {
                     })
                     .collect();
                 match self.check_ta_path(&ee, intermediates, &anchors, now) {
-                    Ok(name) => return self.found(DaneMechanism::DaneTa, record, None, Some(name)),
+                    Ok(name) => {
+                        return self.found(
+                            end_entity,
+                            DaneMechanism::DaneTa,
+                            record,
+                            None,
+                            Some(name),
+                        )
+                    }
                     // The key from DNS issued nothing presented: a plain mismatch.
                     Err(TlsError::InvalidCertificate(
                         CertificateError::UnknownIssuer | CertificateError::BadSignature,
