@@ -402,6 +402,9 @@ fn success_dsn_is_relayed_with_headers_only() {
             peer_cert_sha256: None,
             peer_spki_sha256: None,
             pkix_verified: true,
+            profile: "modern".into(),
+            peer_key_type: Some("EC secp256r1".into()),
+            peer_key_bits: Some(256),
         });
         a.verdict = Some(TransportVerdict::Trusted);
     }

@@ -12,6 +12,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::tls::profile::{Profile, BSI_MIN_RSA_BITS};
+
 /// The commented example configuration; every key with its default.
 pub const EXAMPLE: &str = include_str!("example.toml");
 
@@ -138,11 +140,23 @@ pub struct DnsConfig {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// Extra PEM trust anchors for PKIX, added to the built-in (Mozilla) roots.
     pub ca_file: Option<PathBuf>,
+    /// The least RSA key size (bits) the `bsi` TLS profile accepts from a server
+    /// (TR-02102-2: 3000). Between 2048 and 8192.
+    pub bsi_min_rsa_bits: u32,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            ca_file: None,
+            bsi_min_rsa_bits: BSI_MIN_RSA_BITS,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -208,6 +222,10 @@ pub struct MtaStsConfig {
 pub struct ClassConfig {
     /// The minimum transport level for messages of this class.
     pub level: Level,
+    /// The TLS profile for outbound sessions (`bsi`, `modern`, `compat`). Not set:
+    /// `compat` for level `may`, `modern` above. `compat` only for `may` (B7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_profile: Option<Profile>,
 }
 
 mod humantime_serde_vec {
@@ -308,6 +326,7 @@ impl Default for Config {
             "normal".to_string(),
             ClassConfig {
                 level: Level::Encrypted,
+                tls_profile: None,
             },
         );
         Config {
@@ -344,6 +363,7 @@ impl Config {
         // replacing them, so `normal` always exists.
         cfg.class.entry("normal".into()).or_insert(ClassConfig {
             level: Level::Encrypted,
+            tls_profile: None,
         });
         cfg.validate(path)?;
         Ok(cfg)
@@ -423,6 +443,25 @@ impl Config {
         if self.mta_sts.refresh_interval.is_zero() {
             return Err(bad("mta_sts.refresh_interval", "must be > 0"));
         }
+        if !(2048..=8192).contains(&self.tls.bsi_min_rsa_bits) {
+            return Err(bad(
+                "tls.bsi_min_rsa_bits",
+                "must be between 2048 and 8192 (TR-02102-2 recommends 3000)",
+            ));
+        }
+        for (name, class) in &self.class {
+            if let Some(profile) = class.tls_profile {
+                if !profile.allowed_for(class.level) {
+                    return Err(bad(
+                        &format!("class.{name}.tls_profile"),
+                        &format!(
+                            "profile {profile} is weaker than modern and allowed only for level may, not {} (BSI TR-03108 B7)",
+                            class.level
+                        ),
+                    ));
+                }
+            }
+        }
         if let Some(ca) = &self.tls.ca_file {
             if !ca.exists() {
                 return Err(bad(
@@ -459,6 +498,23 @@ impl Config {
             .socket
             .clone()
             .unwrap_or_else(|| self.spool.dir.join("control.sock"))
+    }
+
+    /// The TLS profile of a class: its `tls_profile`, else the default for its level.
+    /// Unknown classes get the strictest profile any class uses (never silently
+    /// weaker), like [`Config::class_level`].
+    pub fn class_tls_profile(&self, class: &str) -> Profile {
+        let of = |c: &ClassConfig| c.tls_profile.unwrap_or(Profile::default_for(c.level));
+        match self.class.get(class) {
+            Some(c) => of(c),
+            None => self
+                .class
+                .values()
+                .map(of)
+                .max()
+                .unwrap_or(Profile::Modern)
+                .max(Profile::default_for(self.class_level(class))),
+        }
     }
 
     /// The level a class demands; unknown classes get the strictest configured one
@@ -512,6 +568,61 @@ mod tests {
             Config::parse("[mta_sts]\nport = 8443\nenabled = false\n", Path::new("x")).unwrap();
         assert_eq!(cfg.mta_sts.port, 8443);
         assert!(!cfg.mta_sts.enabled);
+    }
+
+    #[test]
+    fn b7_compat_profile_refused_for_levels_above_may() {
+        for level in ["encrypted", "trusted"] {
+            let text = format!("[class.normal]\nlevel = \"{level}\"\ntls_profile = \"compat\"\n");
+            let err = Config::parse(&text, Path::new("x")).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains("class.normal.tls_profile"), "{msg}");
+            assert!(msg.contains("compat"), "{msg}");
+            assert!(msg.contains(level), "{msg}");
+        }
+        let cfg = Config::parse(
+            "[class.none]\nlevel = \"may\"\ntls_profile = \"compat\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(cfg.class_tls_profile("none"), Profile::Compat);
+        // bsi and modern are fine at every level, including may.
+        for p in ["bsi", "modern"] {
+            for level in ["may", "encrypted", "trusted"] {
+                let text = format!("[class.x]\nlevel = \"{level}\"\ntls_profile = \"{p}\"\n");
+                Config::parse(&text, Path::new("x")).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn tls_profiles_default_by_level_and_can_be_named() {
+        let cfg = Config::parse("[class.none]\nlevel = \"may\"\n", Path::new("x")).unwrap();
+        assert_eq!(cfg.class_tls_profile("none"), Profile::Compat);
+        assert_eq!(cfg.class_tls_profile("normal"), Profile::Modern);
+        // Unknown classes: the strictest profile in use, never weaker than modern
+        // (their level is the strictest one, encrypted here).
+        assert_eq!(cfg.class_tls_profile("unknown"), Profile::Modern);
+        let cfg = Config::parse(
+            "[tls]\nbsi_min_rsa_bits = 2048\n[class.normal]\nlevel = \"trusted\"\ntls_profile = \"bsi\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(cfg.class_tls_profile("normal"), Profile::Bsi);
+        assert_eq!(cfg.class_tls_profile("unknown"), Profile::Bsi);
+        assert_eq!(cfg.tls.bsi_min_rsa_bits, 2048);
+        let example = Config::parse(EXAMPLE, Path::new("example.toml")).unwrap();
+        assert_eq!(example.tls.bsi_min_rsa_bits, BSI_MIN_RSA_BITS);
+        assert_eq!(example.class_tls_profile("normal"), Profile::Modern);
+        assert!(EXAMPLE.contains("# tls_profile = \"bsi\""));
+        let err = Config::parse("[tls]\nbsi_min_rsa_bits = 1024\n", Path::new("x")).unwrap_err();
+        assert!(err.to_string().contains("tls.bsi_min_rsa_bits"), "{err}");
+        let err = Config::parse(
+            "[class.normal]\nlevel = \"encrypted\"\ntls_profile = \"tr03108\"\n",
+            Path::new("x"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("tr03108"), "{err}");
     }
 
     #[test]

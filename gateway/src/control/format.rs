@@ -199,6 +199,7 @@ fn attempt(out: &mut String, a: &Attempt, now: u64) {
     let _ = writeln!(out, "{p}Verdict:      {verdict}");
     match &a.tls {
         Some(t) => {
+            let _ = writeln!(out, "{p}TLS profile:  {}", safe(&t.profile));
             let _ = writeln!(out, "{p}TLS version:  {}", safe(&t.version));
             let _ = writeln!(out, "{p}Cipher:       {}", safe(&t.cipher));
             let _ = writeln!(
@@ -206,6 +207,12 @@ fn attempt(out: &mut String, a: &Attempt, now: u64) {
                 "{p}Group:        {}",
                 safe(t.group.as_deref().unwrap_or("-"))
             );
+            let key = match (&t.peer_key_type, t.peer_key_bits) {
+                (Some(kind), Some(bits)) => format!("{} {bits} bits", safe(kind)),
+                (Some(kind), None) => safe(kind),
+                (None, _) => "-".into(),
+            };
+            let _ = writeln!(out, "{p}Peer key:     {key}");
             let _ = writeln!(
                 out,
                 "{p}Cert SHA-256: {}",

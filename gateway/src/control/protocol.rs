@@ -12,7 +12,8 @@ use crate::spool::record::Envelope;
 
 /// The version of this protocol. Bump it whenever [`Request`], [`Command`] or
 /// [`Response`] (including the [`Envelope`] record they carry) change shape.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: the TLS facts in [`Envelope`] carry the TLS profile and the peer key.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The largest frame either side accepts (the payload, without the length prefix).
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;

@@ -35,6 +35,9 @@ fn envelope(id: &str) -> Envelope {
             peer_cert_sha256: Some("ab".repeat(32)),
             peer_spki_sha256: Some("cd".repeat(32)),
             pkix_verified: false,
+            profile: "bsi".into(),
+            peer_key_type: Some("RSA".into()),
+            peer_key_bits: Some(3072),
         }),
         verdict: Some(TransportVerdict::Encrypted),
         reply: format!(
@@ -472,6 +475,8 @@ fn show_has_everything() {
         "TLSv1.3",
         "TLS13_AES_256_GCM_SHA384",
         "X25519MLKEM768",
+        "TLS profile:  bsi",
+        "Peer key:     RSA 3072 bits",
         &"ab".repeat(32),
         &"cd".repeat(32),
         "not verified",

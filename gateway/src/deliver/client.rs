@@ -12,10 +12,12 @@
 //!    level requires.
 //! 3. EHLO (RFC 5321 4.1.1.1); HELO only for level `may` after a 5xx to EHLO, since
 //!    without EHLO there is no STARTTLS.
-//! 4. STARTTLS whenever offered (RFC 3207, standards.md B2), then EHLO again (RFC 3207
-//!    4.2: forget what was learned before TLS). [`crate::policy::decide`] judges the
-//!    result: send, skip this host (defer if none is left), or for `may` only, retry
-//!    the same address without TLS (RFC 7435).
+//! 4. STARTTLS whenever offered (RFC 3207, standards.md B2), with the TLS profile of
+//!    the message's class ([`crate::tls::profile`]: what is offered, which server keys
+//!    are accepted), then EHLO again (RFC 3207 4.2: forget what was learned before
+//!    TLS). [`crate::policy::decide`] judges the result: send, skip this host (defer
+//!    if none is left), or for `may` only, retry the same address without TLS
+//!    (RFC 7435).
 //! 5. MAIL FROM with SIZE (RFC 1870), BODY=8BITMIME (RFC 6152), SMTPUTF8 (RFC 6531)
 //!    and the DSN parameters RET/ENVID/NOTIFY/ORCPT when the server offers DSN
 //!    (RFC 3461); RCPT TO per recipient. With PIPELINING (RFC 2920) MAIL and all RCPTs
@@ -57,6 +59,7 @@ use crate::dns::{DnsSetupError, MxResult, Resolver};
 use crate::policy::{self, Action, Inputs, TlsOutcome};
 use crate::spool::record::{now_secs, Attempt, BodyType, Ret, TlsFacts, TransportVerdict};
 use crate::tls::client::{session_facts, ClientTls, TlsFailure, TlsSetupError};
+use crate::tls::profile::Profile;
 
 /// Bytes of content read (and then dot-stuffed and written) at a time while DATA is
 /// sent: with the encoded copy, what one attempt holds of a message.
@@ -241,7 +244,7 @@ impl Deliverer {
     /// Build the resolver and the TLS client configurations (roots loaded once).
     pub fn new(config: Arc<Config>) -> Result<Deliverer, DeliverSetupError> {
         let resolver = Resolver::from_config(&config.dns)?;
-        let tls = ClientTls::new(config.tls.ca_file.as_deref())?;
+        let tls = ClientTls::from_config(&config.tls)?;
         let helo = config.helo_name();
         Ok(Deliverer {
             config,
@@ -458,7 +461,10 @@ impl Deliverer {
         let tls_outcome = match plaintext_retry {
             Some(f) => TlsOutcome::PlaintextRetry(f),
             None if policy::use_starttls(caps.starttls) => {
-                match self.start_tls(conn, req.level, &server_name, cmd).await {
+                match self
+                    .start_tls(conn, req.level, req.tls_profile, &server_name, cmd)
+                    .await
+                {
                     Ok((c, f, pkix)) => {
                         conn = c;
                         let version = f.version.clone();
@@ -582,12 +588,13 @@ impl Deliverer {
         Err((r.status(), format!("EHLO refused: {r}")))
     }
 
-    /// STARTTLS and the handshake. Ok = (TLS connection, facts, PKIX result);
-    /// Err = (the plain connection if still usable, why).
+    /// STARTTLS and the handshake with `profile`. Ok = (TLS connection, facts, PKIX
+    /// result); Err = (the plain connection if still usable, why).
     async fn start_tls(
         &self,
         mut conn: Conn,
         level: Level,
+        profile: Profile,
         server_name: &ServerName<'static>,
         cmd: Duration,
     ) -> Result<(Conn, TlsFacts, Result<(), TlsFailure>), (Option<Conn>, TlsFailure)> {
@@ -615,10 +622,10 @@ impl Deliverer {
             ));
         }
         let tcp = reader.into_inner();
-        let connector = TlsConnector::from(self.tls.config_for(level));
+        let connector = TlsConnector::from(self.tls.config(level, profile));
         let stream = match timeout(cmd, connector.connect(server_name.clone(), tcp)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err((None, TlsFailure::from_io(&e))),
+            Ok(Err(e)) => return Err((None, TlsFailure::from_handshake(&e, profile))),
             Err(_) => {
                 return Err((
                     None,
@@ -636,7 +643,7 @@ impl Deliverer {
                 None => Err(TlsFailure::NotTrusted),
             }
         };
-        let facts = session_facts(session, pkix.is_ok());
+        let facts = session_facts(session, pkix.is_ok(), profile);
         Ok((Conn::Tls(Box::new(BufReader::new(stream))), facts, pkix))
     }
 
@@ -1053,11 +1060,14 @@ fn log_attempt(req: &DeliveryRequest, report: &DeliveryReport) {
         level = %req.level,
         mx = %a.mx,
         ip = %a.ip,
+        tls_profile = %req.tls_profile,
         tls_version = tls.map(|t| t.version.as_str()).unwrap_or("none"),
         cipher = tls.map(|t| t.cipher.as_str()).unwrap_or(""),
         group = tls.and_then(|t| t.group.as_deref()).unwrap_or(""),
         cert_sha256 = tls.and_then(|t| t.peer_cert_sha256.as_deref()).unwrap_or(""),
         spki_sha256 = tls.and_then(|t| t.peer_spki_sha256.as_deref()).unwrap_or(""),
+        peer_key = tls.and_then(|t| t.peer_key_type.as_deref()).unwrap_or(""),
+        peer_key_bits = tls.and_then(|t| t.peer_key_bits).unwrap_or(0),
         pkix = tls.is_some_and(|t| t.pkix_verified),
         verdict = a.verdict.map(|v| v.as_str()).unwrap_or("none"),
         delivered,

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use crate::config::Level;
 use crate::spool::record::{Attempt, BodyType, Notify, QueueId, Ret};
 use crate::spool::ContentFile;
+use crate::tls::profile::Profile;
 
 /// Message content a delivery reads from, by offset, in pieces. Reads block (they
 /// are file I/O): async callers run them on the blocking pool.
@@ -77,6 +78,8 @@ pub struct DeliveryRequest {
     pub envid: Option<String>,
     /// The minimum transport level (from the message's class).
     pub level: Level,
+    /// The TLS profile to offer (from the message's class, `tls_profile`).
+    pub tls_profile: Profile,
     /// The message, read in pieces while DATA is sent (see the module docs).
     pub content: Arc<dyn ContentSource>,
 }

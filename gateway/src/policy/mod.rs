@@ -120,8 +120,7 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
         }
         TlsOutcome::NotAttempted => Ok(TransportVerdict::Plaintext),
         TlsOutcome::PlaintextRetry(_) if required == Level::May => Ok(TransportVerdict::Plaintext),
-        TlsOutcome::PlaintextRetry(f) => Err(format!("TLS with {host} failed: {f}")),
-        TlsOutcome::Failed(f) => Err(format!("TLS with {host} failed: {f}")),
+        TlsOutcome::PlaintextRetry(f) | TlsOutcome::Failed(f) => Err(f.describe(host)),
         TlsOutcome::Established { version, .. } if !acceptable_version(version) => Err(format!(
             "{host} negotiated {version}; TLS 1.2 or newer is required"
         )),
@@ -148,6 +147,15 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
             verdict: None,
             action: Action::RetryPlaintext { reason: why },
         },
+        // A profile refusal already says what is missing (e.g. the key size);
+        // other failures add that this level cannot do without TLS.
+        Err(why) if profile_refused(&inputs.tls) => Decision {
+            verdict: None,
+            action: Action::SkipHost {
+                status: "4.7.5",
+                reason: why,
+            },
+        },
         Err(why) => Decision {
             verdict: None,
             action: Action::SkipHost {
@@ -156,6 +164,11 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
             },
         },
     }
+}
+
+/// Whether the TLS profile refused the server (its key or its parameters, B6/C6).
+fn profile_refused(tls: &TlsOutcome) -> bool {
+    matches!(tls, TlsOutcome::Failed(f) | TlsOutcome::PlaintextRetry(f) if f.is_profile_failure())
 }
 
 /// A plain-language reason why the achieved verdict is not enough.
@@ -329,6 +342,30 @@ mod tests {
         }
         let d = run(Level::Trusted, false, TlsOutcome::NotAttempted);
         assert!(matches!(d.action, Action::SkipHost { .. }));
+    }
+
+    #[test]
+    fn b6_profile_refusal_defers_with_the_profile_reason() {
+        use crate::tls::profile::Profile;
+        let f = TlsFailure::NoCommonParameters {
+            profile: Profile::Bsi,
+            detail: "received fatal alert: HandshakeFailure".into(),
+        };
+        let d = run(Level::Encrypted, true, TlsOutcome::Failed(f.clone()));
+        match d.action {
+            Action::SkipHost { status, reason } => {
+                assert_eq!(status, "4.7.5");
+                assert!(
+                    reason.starts_with("mx1.example.test offers no TLS version"),
+                    "{reason}"
+                );
+                assert!(reason.contains("profile bsi"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // `may` still falls back to plaintext (RFC 7435), as for any TLS failure.
+        let d = run(Level::May, true, TlsOutcome::Failed(f));
+        assert!(matches!(d.action, Action::RetryPlaintext { .. }), "{d:?}");
     }
 
     #[test]

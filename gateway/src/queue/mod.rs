@@ -339,6 +339,7 @@ impl Queue {
                     ret: env.ret,
                     envid: env.envid.clone(),
                     level: cfg.class_level(&env.class),
+                    tls_profile: cfg.class_tls_profile(&env.class),
                     // The spool file is opened when the attempt starts.
                     content: Arc::new(Vec::new()),
                 };

@@ -333,11 +333,17 @@ impl Spool {
                 .ok_or_else(|| "file name is not a queue id".to_string())
                 .and_then(|id| {
                     let bytes = fs::read(&path).map_err(|e| e.to_string())?;
+                    // The version is the first field: check it before decoding a
+                    // layout it may not have (postcard is not self-describing).
+                    let (version, _) = postcard::take_from_bytes::<u16>(&bytes)
+                        .map_err(|e| format!("decode: {e}"))?;
+                    if version != RECORD_VERSION {
+                        return Err(format!(
+                            "record version {version}; this firmware reads version {RECORD_VERSION}"
+                        ));
+                    }
                     let env: Envelope =
                         postcard::from_bytes(&bytes).map_err(|e| format!("decode: {e}"))?;
-                    if env.record_version != RECORD_VERSION {
-                        return Err(format!("record version {}", env.record_version));
-                    }
                     if env.id != id {
                         return Err("envelope id differs from file name".into());
                     }
@@ -671,6 +677,18 @@ mod tests {
             .unwrap()
             .next()
             .is_none());
+    }
+
+    #[test]
+    fn other_record_version_is_quarantined_not_misread() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 0).unwrap();
+        let mut e = envelope(1);
+        e.record_version = RECORD_VERSION - 1;
+        spool.store(&e, b"Subject: x\r\n\r\nhi\r\n").unwrap();
+        let rec = Spool::open(dir.path(), 0).unwrap().recover().unwrap();
+        assert!(rec.envelopes.is_empty());
+        assert_eq!(rec.quarantined.len(), 1);
     }
 
     #[test]

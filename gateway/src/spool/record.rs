@@ -6,8 +6,13 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Bumped whenever the layout of [`Envelope`] changes.
-pub const RECORD_VERSION: u16 = 1;
+/// Bumped whenever the layout of [`Envelope`] changes. postcard is not
+/// self-describing, so a record of another version cannot be read with this layout;
+/// recovery checks the version (the first field) before decoding the rest.
+///
+/// 2: [`TlsFacts`] gained `profile`, `peer_key_type` and `peer_key_bits`. No
+/// version 1 spool was ever deployed, so there is no migration.
+pub const RECORD_VERSION: u16 = 2;
 
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> u64 {
@@ -133,6 +138,13 @@ pub struct TlsFacts {
     pub peer_spki_sha256: Option<String>,
     /// Whether the PKIX chain and the MX host name verified (the `trusted` level).
     pub pkix_verified: bool,
+    /// The TLS profile the client offered: "bsi", "modern" or "compat"
+    /// (standards.md B6, C).
+    pub profile: String,
+    /// The peer's public key type: "RSA", "EC secp384r1", "Ed25519"...
+    pub peer_key_type: Option<String>,
+    /// Its size in bits: the RSA modulus, the EC field size (standards.md C6).
+    pub peer_key_bits: Option<u32>,
 }
 
 /// What the transport to the recipient server achieved, in the stable vocabulary of

@@ -19,7 +19,10 @@
 //! key exchange with AEAD suites, so every session is forward-secret (B2). Session
 //! resumption is off: every recorded handshake is a full one with the certificate
 //! actually checked, so the evidence never describes a session we did not verify.
-//! The configurations are built once at start and shared by all deliveries.
+//! The configurations are built once at start and shared by all deliveries: one per
+//! kind of check (unauthenticated / PKIX) and TLS profile ([`super::profile`]), six
+//! in all. Which parameters are offered and which server keys are accepted is the
+//! profile's business; this module only decides how the certificate is judged.
 
 use std::fmt;
 use std::path::Path;
@@ -27,16 +30,18 @@ use std::sync::Arc;
 
 use aws_lc_rs::digest;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{Resumption, WebPkiServerVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
-    CertificateError, ClientConfig, ClientConnection, DigitallySignedStruct, Error as TlsError,
-    RootCertStore, SignatureScheme,
+    AlertDescription, CertificateError, ClientConfig, ClientConnection, DigitallySignedStruct,
+    Error as TlsError, PeerMisbehaved, RootCertStore, SignatureScheme,
 };
 
-use crate::config::Level;
+use super::peer_key::PeerKey;
+use super::profile::{Profile, ProfileSettings, ProfileViolation, TlsProfile};
+use crate::config::{Level, TlsConfig};
 use crate::spool::record::TlsFacts;
 
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +66,14 @@ pub enum TlsFailure {
     Expired,
     /// The server could not prove possession of the certificate's key.
     BadSignature,
-    /// Anything else: protocol error, no common parameters, connection lost.
+    /// The server's key does not meet the profile (standards.md C6).
+    Profile(ProfileViolation),
+    /// The server and the profile have no version, suite, group or signature
+    /// scheme in common (standards.md B6: nothing outside the profile is offered).
+    NoCommonParameters { profile: Profile, detail: String },
+    /// The server chose a parameter the profile did not offer; the client aborted (B6).
+    OutsideProfile { profile: Profile, detail: String },
+    /// Anything else: protocol error, connection lost.
     Other(String),
 }
 
@@ -81,6 +93,10 @@ impl TlsFailure {
                 | CertificateError::NotValidYet
                 | CertificateError::NotValidYetContext { .. } => TlsFailure::Expired,
                 CertificateError::BadSignature => TlsFailure::BadSignature,
+                CertificateError::Other(_) => match ProfileViolation::from_rustls(err) {
+                    Some(v) => TlsFailure::Profile(v.clone()),
+                    None => TlsFailure::Other(format!("certificate rejected: {ce:?}")),
+                },
                 other => TlsFailure::Other(format!("certificate rejected: {other:?}")),
             },
             TlsError::PeerMisbehaved(m) => TlsFailure::Other(format!("peer misbehaved: {m:?}")),
@@ -96,6 +112,61 @@ impl TlsFailure {
             None => TlsFailure::Other(err.to_string()),
         }
     }
+
+    /// Classify a failed handshake made with `profile`: besides [`Self::from_io`],
+    /// name the profile when the failure is about the parameters it offers.
+    pub fn from_handshake(err: &std::io::Error, profile: Profile) -> TlsFailure {
+        let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<TlsError>()) else {
+            return TlsFailure::Other(err.to_string());
+        };
+        let detail = tls.to_string();
+        match tls {
+            TlsError::AlertReceived(
+                AlertDescription::HandshakeFailure
+                | AlertDescription::InsufficientSecurity
+                | AlertDescription::ProtocolVersion,
+            )
+            | TlsError::PeerIncompatible(_) => TlsFailure::NoCommonParameters { profile, detail },
+            TlsError::PeerMisbehaved(
+                PeerMisbehaved::SelectedUnofferedCipherSuite
+                | PeerMisbehaved::SelectedUnofferedKxGroup
+                | PeerMisbehaved::SelectedUnusableCipherSuiteForVersion
+                | PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme
+                | PeerMisbehaved::IllegalHelloRetryRequestWithUnofferedCipherSuite
+                | PeerMisbehaved::IllegalHelloRetryRequestWithUnofferedNamedGroup
+                | PeerMisbehaved::IllegalHelloRetryRequestWithUnsupportedVersion,
+            ) => TlsFailure::OutsideProfile { profile, detail },
+            other => TlsFailure::from_rustls(other),
+        }
+    }
+
+    /// Whether the failure is the profile refusing the server (its key or its
+    /// parameters), as opposed to a broken certificate or connection.
+    pub fn is_profile_failure(&self) -> bool {
+        matches!(
+            self,
+            TlsFailure::Profile(_)
+                | TlsFailure::NoCommonParameters { .. }
+                | TlsFailure::OutsideProfile { .. }
+        )
+    }
+
+    /// A sentence about `host`, for the deferral reason the admin and the sender
+    /// see, e.g. "mx1.example.test presents an RSA-2048 key; profile bsi requires
+    /// at least 3000 bits" or "TLS with mx1.example.test failed: certificate not
+    /// trusted".
+    pub fn describe(&self, host: &str) -> String {
+        match self {
+            TlsFailure::Profile(v) => format!("{host} {v}"),
+            TlsFailure::NoCommonParameters { profile, detail } => format!(
+                "{host} offers no TLS version, cipher suite, group or signature scheme allowed by profile {profile} ({detail})"
+            ),
+            TlsFailure::OutsideProfile { profile, detail } => format!(
+                "{host} chose TLS parameters outside profile {profile}; handshake aborted ({detail})"
+            ),
+            other => format!("TLS with {host} failed: {other}"),
+        }
+    }
 }
 
 impl fmt::Display for TlsFailure {
@@ -109,6 +180,15 @@ impl fmt::Display for TlsFailure {
             TlsFailure::BadSignature => f.write_str(
                 "handshake signature invalid: the server does not hold the certificate's key",
             ),
+            TlsFailure::Profile(v) => write!(f, "the server {v}"),
+            TlsFailure::NoCommonParameters { profile, detail } => write!(
+                f,
+                "no TLS parameters in common with profile {profile} ({detail})"
+            ),
+            TlsFailure::OutsideProfile { profile, detail } => write!(
+                f,
+                "the server chose TLS parameters outside profile {profile} ({detail})"
+            ),
             TlsFailure::Other(m) => write!(f, "TLS handshake failed: {m}"),
         }
     }
@@ -117,6 +197,16 @@ impl fmt::Display for TlsFailure {
 /// The client side of outbound TLS, built once from the configuration.
 #[derive(Debug, Clone)]
 pub struct ClientTls {
+    /// Per profile, in the order of [`Profile::ALL`].
+    profiles: [ProfileConfigs; 3],
+    roots: Arc<RootCertStore>,
+    settings: ProfileSettings,
+}
+
+/// The configurations of one profile.
+#[derive(Debug, Clone)]
+struct ProfileConfigs {
+    profile: TlsProfile,
     /// `may` and `encrypted`: any chain, real signature checks.
     unauthenticated: Arc<ClientConfig>,
     /// `trusted`: PKIX + host name.
@@ -127,11 +217,26 @@ pub struct ClientTls {
 }
 
 impl ClientTls {
-    /// Build both configurations: roots = webpki-roots + the PEM certificates of
-    /// `ca_file` (loaded once, here).
+    /// Build all configurations with the default profile settings: roots =
+    /// webpki-roots + the PEM certificates of `ca_file` (loaded once, here).
     pub fn new(ca_file: Option<&Path>) -> Result<ClientTls, TlsSetupError> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        ClientTls::with_settings(ca_file, ProfileSettings::default())
+    }
 
+    /// Build from the `[tls]` table (`ca_file`, `bsi_min_rsa_bits`).
+    pub fn from_config(tls: &TlsConfig) -> Result<ClientTls, TlsSetupError> {
+        ClientTls::with_settings(
+            tls.ca_file.as_deref(),
+            ProfileSettings {
+                bsi_min_rsa_bits: tls.bsi_min_rsa_bits,
+            },
+        )
+    }
+
+    pub fn with_settings(
+        ca_file: Option<&Path>,
+        settings: ProfileSettings,
+    ) -> Result<ClientTls, TlsSetupError> {
         let mut roots = RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(path) = ca_file {
@@ -151,32 +256,46 @@ impl ClientTls {
                 return Err(TlsSetupError::CaFileEmpty { path: shown });
             }
         }
-
-        let pkix_verifier =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| TlsSetupError::Build(e.to_string()))?;
-
-        let unauthenticated = client_config(
-            provider.clone(),
-            Arc::new(AcceptAnyChain {
-                algorithms: provider.signature_verification_algorithms,
-            }),
-        )?;
-        let pkix = client_config(provider, pkix_verifier.clone())?;
+        let roots = Arc::new(roots);
+        let [a, b, c] = Profile::ALL.map(|p| ProfileConfigs::build(p, &settings, &roots));
         Ok(ClientTls {
-            unauthenticated,
-            pkix,
-            pkix_verifier,
+            profiles: [a?, b?, c?],
+            roots,
+            settings,
         })
     }
 
-    /// The configuration for a required level.
-    pub fn config_for(&self, level: Level) -> Arc<ClientConfig> {
+    fn of(&self, profile: Profile) -> &ProfileConfigs {
+        &self.profiles[profile as usize]
+    }
+
+    /// The configuration for a required level and a profile.
+    pub fn config(&self, level: Level, profile: Profile) -> Arc<ClientConfig> {
+        let p = self.of(profile);
         match level {
-            Level::May | Level::Encrypted => self.unauthenticated.clone(),
-            Level::Trusted => self.pkix.clone(),
+            Level::May | Level::Encrypted => p.unauthenticated.clone(),
+            _ => p.pkix.clone(),
         }
+    }
+
+    /// The configuration for a required level with the level's default profile.
+    pub fn config_for(&self, level: Level) -> Arc<ClientConfig> {
+        self.config(level, Profile::default_for(level))
+    }
+
+    /// A profile with the configured settings: for building per-connection
+    /// configurations (DANE) with [`TlsProfile::client_config`].
+    pub fn profile(&self, profile: Profile) -> TlsProfile {
+        self.of(profile).profile
+    }
+
+    pub fn settings(&self) -> ProfileSettings {
+        self.settings
+    }
+
+    /// The PKIX trust anchors (Mozilla roots + `[tls] ca_file`).
+    pub fn roots(&self) -> Arc<RootCertStore> {
+        self.roots.clone()
     }
 
     /// Whether the chain the server presented passes PKIX for `server_name`. Used
@@ -189,28 +308,39 @@ impl ClientTls {
         let Some((leaf, intermediates)) = chain.split_first() else {
             return Err(TlsFailure::NotTrusted);
         };
-        self.pkix_verifier
+        // The chain check does not depend on the profile (all profiles verify the
+        // same certificate signature algorithms).
+        self.of(Profile::Modern)
+            .pkix_verifier
             .verify_server_cert(leaf, intermediates, server_name, &[], UnixTime::now())
             .map(|_| ())
             .map_err(|e| TlsFailure::from_rustls(&e))
     }
 }
 
-fn client_config(
-    provider: Arc<CryptoProvider>,
-    verifier: Arc<dyn ServerCertVerifier>,
-) -> Result<Arc<ClientConfig>, TlsSetupError> {
-    let mut cfg = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsSetupError::Build(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    // Every handshake a full one (no tickets, no session IDs): see the module docs.
-    cfg.resumption = Resumption::disabled();
-    cfg.enable_early_data = false;
-    cfg.enable_sni = true;
-    Ok(Arc::new(cfg))
+impl ProfileConfigs {
+    fn build(
+        profile: Profile,
+        settings: &ProfileSettings,
+        roots: &Arc<RootCertStore>,
+    ) -> Result<ProfileConfigs, TlsSetupError> {
+        let profile = TlsProfile::new(profile, settings);
+        let provider = profile.provider();
+        let pkix_verifier =
+            WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .build()
+                .map_err(|e| TlsSetupError::Build(e.to_string()))?;
+        let unauthenticated = profile.client_config(Arc::new(AcceptAnyChain {
+            algorithms: provider.signature_verification_algorithms,
+        }))?;
+        let pkix = profile.client_config(pkix_verifier.clone())?;
+        Ok(ProfileConfigs {
+            profile,
+            unauthenticated,
+            pkix,
+            pkix_verifier,
+        })
+    }
 }
 
 /// Accepts any certificate chain (RFC 7435 unauthenticated encryption) but always
@@ -259,7 +389,6 @@ impl ServerCertVerifier for AcceptAnyChain {
     }
 }
 
-/// "TLSv1.2" / "TLSv1.3" (the spelling of OpenSSL and Postfix logs).
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(digest::digest(&digest::SHA256, data).as_ref())
 }
@@ -274,19 +403,21 @@ pub fn cert_fingerprints(leaf: &CertificateDer<'_>) -> (String, Option<String>) 
     (cert, spki)
 }
 
-/// The facts of an established session, for the attempt record and the log.
-pub fn session_facts(conn: &ClientConnection, pkix_verified: bool) -> TlsFacts {
+/// The facts of an established session made with `profile`, for the attempt
+/// record and the log: version, suite, group (C4), the peer's certificate and key
+/// (C6) and the profile itself (part of the evidence).
+pub fn session_facts(conn: &ClientConnection, pkix_verified: bool, profile: Profile) -> TlsFacts {
     let super::Negotiated {
         version,
         cipher,
         group,
     } = super::Negotiated::of(conn);
-    let (peer_cert_sha256, peer_spki_sha256) = match conn.peer_certificates() {
+    let (peer_cert_sha256, peer_spki_sha256, key) = match conn.peer_certificates() {
         Some([leaf, ..]) => {
             let (c, s) = cert_fingerprints(leaf);
-            (Some(c), s)
+            (Some(c), s, PeerKey::of_certificate(leaf))
         }
-        _ => (None, None),
+        _ => (None, None, None),
     };
     TlsFacts {
         version,
@@ -295,6 +426,9 @@ pub fn session_facts(conn: &ClientConnection, pkix_verified: bool) -> TlsFacts {
         peer_cert_sha256,
         peer_spki_sha256,
         pkix_verified,
+        profile: profile.as_str().to_string(),
+        peer_key_type: key.as_ref().map(PeerKey::type_name),
+        peer_key_bits: key.and_then(|k| k.bits),
     }
 }
 

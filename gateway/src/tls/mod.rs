@@ -1,7 +1,10 @@
 //! rustls configurations: the inbound server's (STARTTLS for the LAN) and the
-//! outbound client's per transport level. Always the aws-lc-rs provider.
+//! outbound client's per transport level and TLS profile ([`profile`]: `bsi`,
+//! `modern`, `compat`). Always the aws-lc-rs provider.
 
 pub mod client;
+pub mod peer_key;
+pub mod profile;
 pub mod server;
 
 /// The negotiated parameters of a TLS session (either direction), named the way

@@ -355,6 +355,7 @@ fn request(level: Level, rcpts: &[&str]) -> DeliveryRequest {
         ret: Some(Ret::Headers),
         envid: Some("env id+1".into()),
         level,
+        tls_profile: crate::tls::profile::Profile::default_for(level),
         content: Arc::new(b"Subject: hi\r\n\r\n.leading dot\r\nbody\r\n".to_vec()),
     }
 }
@@ -649,6 +650,94 @@ async fn tls12_session_is_encrypted_and_recorded() {
     let tls = report.attempt.tls.as_ref().unwrap();
     assert_eq!(tls.version, "TLSv1.2");
     assert!(tls.cipher.starts_with("TLS_ECDHE_"), "{}", tls.cipher);
+}
+
+fn self_signed_rsa(
+    name: &str,
+    size: rcgen::RsaKeySize,
+) -> (CertificateDer<'static>, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, size).unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert.der().clone(), key)
+}
+
+#[tokio::test]
+async fn c6_tls_profile_and_peer_key_are_recorded_in_delivery() {
+    use crate::tls::profile::Profile;
+    let (cert, key) = self_signed_rsa(MX, rcgen::RsaKeySize::_3072);
+    let (port, _logs) = start(Spec {
+        starttls: Some(server_tls(cert, &key)),
+        ..Default::default()
+    })
+    .await;
+    let d = deliverer(port, None);
+    let mut req = request(Level::Encrypted, &["bob@example.test"]);
+    req.tls_profile = Profile::Bsi;
+    let report = d.deliver_to(&req, &local(MX)).await;
+    assert!(delivered(&report.outcomes[0]), "{report:?}");
+    let tls = report.attempt.tls.as_ref().unwrap();
+    assert_eq!(tls.profile, "bsi");
+    assert_eq!(tls.peer_key_type.as_deref(), Some("RSA"));
+    assert_eq!(tls.peer_key_bits, Some(3072));
+    assert_eq!(tls.version, "TLSv1.3");
+    assert!(!tls.cipher.contains("CHACHA20"), "{}", tls.cipher);
+    assert!(
+        !tls.group.as_deref().unwrap_or("").contains("X25519"),
+        "{:?}",
+        tls.group
+    );
+
+    // The default profile of `encrypted` is modern; an EC key is recorded with its curve.
+    let (cert, key) = self_signed(MX);
+    let (port, _logs) = start(Spec {
+        starttls: Some(server_tls(cert, &key)),
+        ..Default::default()
+    })
+    .await;
+    let report = deliverer(port, None)
+        .deliver_to(
+            &request(Level::Encrypted, &["bob@example.test"]),
+            &local(MX),
+        )
+        .await;
+    let tls = report.attempt.tls.as_ref().unwrap();
+    assert_eq!(tls.profile, "modern");
+    assert_eq!(tls.peer_key_type.as_deref(), Some("EC secp256r1"));
+    assert_eq!(tls.peer_key_bits, Some(256));
+}
+
+#[tokio::test]
+async fn c6_bsi_defers_a_server_with_an_rsa_2048_key_in_plain_words() {
+    use crate::tls::profile::Profile;
+    let (cert, key) = self_signed_rsa(MX, rcgen::RsaKeySize::_2048);
+    let (port, logs) = start(Spec {
+        starttls: Some(server_tls(cert, &key)),
+        ..Default::default()
+    })
+    .await;
+    let d = deliverer(port, None);
+    let mut req = request(Level::Encrypted, &["bob@example.test"]);
+    req.tls_profile = Profile::Bsi;
+    let report = d.deliver_to(&req, &local(MX)).await;
+    match &report.outcomes[0] {
+        RcptOutcome::Deferred { reply, status } => {
+            assert_eq!(status, "4.7.5");
+            assert_eq!(
+                reply,
+                "mx1.example.test presents an RSA-2048 key; profile bsi requires at least 3000 bits"
+            );
+        }
+        other => panic!("deferred, not bounced or sent: {other:?}"),
+    }
+    let log = &logs_settled(&logs, 1).await[0];
+    assert!(
+        !log.commands.iter().any(|c| c.starts_with("MAIL")),
+        "{:?}",
+        log.commands
+    );
 }
 
 #[tokio::test]
