@@ -31,9 +31,17 @@ pub const LAN_MTA_ADDR: &str = "127.0.30.1:25";
 /// time may run a relay there: [`Infra::lan_relay_lock`].
 pub const LAN_RELAY_ADDR: &str = "127.0.30.25:2525";
 
+/// Benchmark sink (`smtp-sink`, plaintext), MX of `bench.example.test`.
+pub const BENCH_SINK_IP: &str = "127.0.40.1";
+/// Benchmark TLS sink (a Postfix smtpd with STARTTLS proxying to the plaintext
+/// sink), MX of `bench-tls.example.test`.
+pub const BENCH_TLS_SINK_IP: &str = "127.0.40.2";
+/// Nothing listens here: MX of `bench-down.example.test` (delivery impossible).
+pub const BENCH_DOWN_IP: &str = "127.0.40.9";
+
 /// Bump when anything generated below changes: a running infrastructure with
 /// another generation is torn down and rebuilt.
-const GENERATION: &str = "qrelay-test-infra v1";
+const GENERATION: &str = "qrelay-test-infra v2";
 
 /// Domains every receiving MX accepts mail for.
 pub const MAIL_DOMAINS: &[&str] = &[
@@ -474,19 +482,17 @@ impl Infra {
 
     // --------------------------------------------------------------------- Postfix
 
-    fn start_postfix(&self, inst: &PostfixInstance) -> Result<()> {
-        let dir = self.postfix_dir(&inst.name);
-        let etc = dir.join("etc");
-        let queue = dir.join("queue");
-        let data = dir.join("data");
-        let mail = dir.join("mail");
-        for d in [&etc, &queue, &data, &mail] {
-            fs::create_dir_all(d)?;
+    /// Create `<state>/postfix/<name>/{etc,queue,data,mail}` with the ownership and
+    /// modes Postfix insists on; returns the instance directory.
+    fn prepare_postfix_dir(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.postfix_dir(name);
+        for sub in ["etc", "queue", "data", "mail"] {
+            fs::create_dir_all(dir.join(sub))?;
         }
         let postfix_uid = user_id("postfix")?;
         let nobody = user_id("nobody")?;
-        nix::unistd::chown(&data, Some(postfix_uid.0), Some(postfix_uid.1))?;
-        nix::unistd::chown(&mail, Some(nobody.0), Some(nobody.1))?;
+        nix::unistd::chown(&dir.join("data"), Some(postfix_uid.0), Some(postfix_uid.1))?;
+        nix::unistd::chown(&dir.join("mail"), Some(nobody.0), Some(nobody.1))?;
         // Postfix wants every parent of its queue to be root-owned and not
         // group/world writable; the state dir is made by us with mode 0755.
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
@@ -495,6 +501,41 @@ impl Infra {
             dir.parent().expect("parent"),
             fs::Permissions::from_mode(0o755),
         )?;
+        Ok(dir)
+    }
+
+    /// Write main.cf (given) and master.cf (smtpd on `listen`, the stock services)
+    /// of a prepared instance and run `postfix -c etc start`.
+    fn launch_postfix(&self, dir: &Path, main_cf: &str, listen: &str) -> Result<()> {
+        let etc = dir.join("etc");
+        fs::write(etc.join("main.cf"), main_cf)?;
+        fs::write(etc.join("master.cf"), master_cf(listen))?;
+        let out = dir.join("postfix.out");
+        let log = File::create(&out)?;
+        let st = Command::new("postfix")
+            .args(["-c", path_str(&etc)?, "start"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .status()
+            .context("run postfix start")?;
+        if !st.success() {
+            bail!(
+                "postfix -c {} start failed ({st}):\n{}\n{}",
+                etc.display(),
+                tail_file(&out, 20),
+                tail_file(&dir.join("maillog"), 20)
+            );
+        }
+        Ok(())
+    }
+
+    fn start_postfix(&self, inst: &PostfixInstance) -> Result<()> {
+        let dir = self.prepare_postfix_dir(&inst.name)?;
+        let queue = dir.join("queue");
+        let data = dir.join("data");
+        let mail = dir.join("mail");
+        let nobody = user_id("nobody")?;
 
         let mut main = String::new();
         let mut kv = |k: &str, v: &str| {
@@ -579,28 +620,164 @@ impl Infra {
                 );
             }
         }
-        fs::write(etc.join("main.cf"), main)?;
-        fs::write(etc.join("master.cf"), master_cf(&inst.listen))?;
-
-        let out = dir.join("postfix.out");
-        let log = File::create(&out)?;
-        let st = Command::new("postfix")
-            .args(["-c", path_str(&etc)?, "start"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .status()
-            .context("run postfix start")?;
-        if !st.success() {
-            bail!(
-                "postfix -c {} start failed ({st}):\n{}\n{}",
-                etc.display(),
-                tail_file(&out, 20),
-                tail_file(&dir.join("maillog"), 20)
-            );
-        }
-        Ok(())
+        self.launch_postfix(&dir, &main, &inst.listen)
     }
+
+    /// The directory of the test certificates (`<name>.key`, `<name>-chain.pem` for
+    /// each [`Mx`] with TLS, `ca.pem`).
+    pub fn certs(&self) -> PathBuf {
+        self.certs_dir()
+    }
+}
+
+// ---------------------------------------------------------- short-lived instances
+
+/// A Postfix instance outside the long-lived set, for the benchmark: its relays
+/// under test and its TLS sink. It lives in `<state>/postfix/<name>/` (so
+/// `tests/infra-down` stops it too if its owner dies) and is stopped and deleted
+/// on drop.
+///
+/// Its main.cf is Postfix's defaults plus only what an instance on loopback needs
+/// (own queue, log file, IPv4, no local delivery) and the caller's `settings`,
+/// so a benchmark compares against stock Postfix behaviour.
+pub struct ExtraPostfix {
+    pub name: String,
+    pub dir: PathBuf,
+    stopped: bool,
+}
+
+impl ExtraPostfix {
+    /// Start instance `name` with smtpd on `listen` (ip:port). A leftover instance
+    /// of the same name (from a killed run) is stopped and wiped first.
+    pub fn start(
+        infra: &Infra,
+        name: &str,
+        listen: &str,
+        settings: &[(&str, &str)],
+    ) -> Result<Self> {
+        let dir = infra.postfix_dir(name);
+        let mut inst = ExtraPostfix {
+            name: name.into(),
+            dir: dir.clone(),
+            stopped: false,
+        };
+        inst.stop();
+        if dir.exists() {
+            fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+        }
+        inst.stopped = false;
+        ensure_default_postfix_config()?;
+        infra.prepare_postfix_dir(name)?;
+        let mut main = String::new();
+        let (queue, data, log) = (dir.join("queue"), dir.join("data"), dir.join("maillog"));
+        let base = [
+            ("compatibility_level", "3.6"),
+            ("queue_directory", path_str(&queue)?),
+            ("data_directory", path_str(&data)?),
+            ("mail_owner", "postfix"),
+            ("setgid_group", "postdrop"),
+            ("maillog_file", path_str(&log)?),
+            ("maillog_file_prefixes", path_str(&dir)?),
+            ("inet_interfaces", "loopback-only"),
+            ("inet_protocols", "ipv4"),
+            ("mydestination", ""),
+            ("alias_maps", ""),
+            ("alias_database", ""),
+            ("local_recipient_maps", ""),
+            ("biff", "no"),
+        ];
+        for (k, v) in base.iter().chain(settings) {
+            writeln!(main, "{k} = {v}")?;
+        }
+        infra
+            .launch_postfix(&dir, &main, listen)
+            .with_context(|| format!("Postfix {name}"))?;
+        let addr: SocketAddr = listen.parse().context("listen address")?;
+        let start = Instant::now();
+        while TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
+            if start.elapsed() > Duration::from_secs(15) {
+                bail!(
+                    "Postfix {name} does not accept on {listen}; log:\n{}",
+                    inst.log_tail(20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(inst)
+    }
+
+    /// The queue directory (`incoming/`, `active/`, `deferred/`, ... below it).
+    pub fn queue_dir(&self) -> PathBuf {
+        self.dir.join("queue")
+    }
+
+    /// The master process, from `<queue>/pid/master.pid`.
+    pub fn master_pid(&self) -> Option<i32> {
+        let text = fs::read_to_string(self.queue_dir().join("pid/master.pid")).ok()?;
+        text.trim().parse().ok()
+    }
+
+    /// Messages in the queue (files below incoming, active, deferred, hold, maildrop).
+    pub fn queued(&self) -> usize {
+        ["incoming", "active", "deferred", "hold", "maildrop"]
+            .iter()
+            .map(|q| count_files(&self.queue_dir().join(q)))
+            .sum()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail_file(&self.dir.join("maillog"), lines)
+    }
+
+    /// `postfix stop`, then wait for the master to exit (SIGKILL after 5 s).
+    pub fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        let Some(pid) = self.master_pid() else {
+            return;
+        };
+        let _ = Command::new("postfix")
+            .args(["-c"])
+            .arg(self.dir.join("etc"))
+            .arg("stop")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let alive = || nix::sys::signal::kill(pid, None).is_ok();
+        let start = Instant::now();
+        while alive() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if alive() {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for ExtraPostfix {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Regular files anywhere below `dir` (0 if it does not exist).
+fn count_files(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => count_files(&e.path()),
+            Ok(t) if t.is_file() => 1,
+            _ => 0,
+        })
+        .sum()
 }
 
 enum Role {
@@ -728,6 +905,13 @@ pub fn test_zones() -> Vec<Zone> {
         "implicit A 127.0.20.1",
         // The MX host has no address at all.
         "noaddr MX 10 mx-noaddr",
+        // Benchmark destinations (tests/src/bin/bench.rs starts what listens there).
+        &format!("mx-bench A {BENCH_SINK_IP}"),
+        &format!("mx-bench-tls A {BENCH_TLS_SINK_IP}"),
+        &format!("mx-bench-down A {BENCH_DOWN_IP}"),
+        "bench MX 10 mx-bench",
+        "bench-tls MX 10 mx-bench-tls",
+        "bench-down MX 10 mx-bench-down",
     ]
     .iter()
     .map(|s| s.to_string())
