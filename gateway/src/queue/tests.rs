@@ -48,6 +48,7 @@ fn attempt(reply: &str) -> Attempt {
         tls: None,
         verdict: None,
         reply: reply.into(),
+        auth: None,
     }
 }
 
@@ -423,4 +424,23 @@ async fn dsn_for_a_large_message_reads_and_returns_only_its_header() {
     assert!(!text.contains("BODY-LINE-NOT-TO-BE-RETURNED"), "{text}");
     let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(words.contains("The headers of your message are attached."));
+}
+
+#[tokio::test]
+async fn a_late_state_write_never_brings_back_a_removed_message() {
+    let env = env_for("a@lan.test", &["x@one.test"], 1000);
+    let (dir, q) = queue_with(&env).await;
+    let (jobs, _) = q.take_due(1000);
+    q.apply(&jobs[0], report(vec![delivered()]), 1000).await;
+    assert!(q.is_empty());
+    // A state write that lost the race against the removal must write nothing.
+    q.persist(&env.id).await;
+    let env_dir = dir.path().join("queue/env");
+    assert_eq!(std::fs::read_dir(&env_dir).unwrap().count(), 0);
+    assert!(Spool::open(dir.path(), 0)
+        .unwrap()
+        .recover()
+        .unwrap()
+        .quarantined
+        .is_empty());
 }
