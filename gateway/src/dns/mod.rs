@@ -32,7 +32,7 @@ use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::net::{DnsError, NetError, NoRecords};
 use hickory_resolver::proto::dnssec::Proof;
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
@@ -41,6 +41,8 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 
 use crate::config::DnsConfig;
+
+mod tlsa;
 
 /// How far a DNS answer can be trusted (RFC 4035 section 4.3 vocabulary, plus
 /// `Unvalidated` for answers of a resolver that does not validate).
@@ -70,7 +72,7 @@ impl Security {
     }
 
     /// The weaker of two: a set of records is only as trustworthy as its worst member.
-    fn weakest(self, other: Security) -> Security {
+    pub fn weakest(self, other: Security) -> Security {
         fn rank(s: Security) -> u8 {
             match s {
                 Security::Bogus => 0,
@@ -126,9 +128,36 @@ pub enum MxResult {
     NoMailHost { security: Security },
     /// The lookup could not be completed now; try later.
     TempFail { reason: String },
+    /// The answer (records or denial) is `Bogus` or `Indeterminate`: DNSSEC validation
+    /// failed. Defer the domain (D1, B1): the answer may be forged, so neither a
+    /// delivery to its hosts nor a bounce because of it may follow.
+    DnssecFailed { security: Security, reason: String },
 }
 
 impl MxResult {
+    /// `Some(DnssecFailed)` when `security` says the answer cannot be used.
+    fn unverified(security: Security, what: &str) -> Option<MxResult> {
+        matches!(security, Security::Bogus | Security::Indeterminate).then(|| {
+            MxResult::DnssecFailed {
+                security,
+                reason: format!("{what} is {security}"),
+            }
+        })
+    }
+
+    /// The DNSSEC status of the answer (for `TempFail`: `Indeterminate`, nothing
+    /// was proven).
+    pub fn security(&self) -> Security {
+        match self {
+            MxResult::Hosts { security, .. }
+            | MxResult::NullMx { security }
+            | MxResult::NoSuchDomain { security }
+            | MxResult::NoMailHost { security }
+            | MxResult::DnssecFailed { security, .. } => *security,
+            MxResult::TempFail { .. } => Security::Indeterminate,
+        }
+    }
+
     /// The enhanced status code (RFC 3463) and a plain-language reason for results
     /// that end the attempt before any connection. `None` for `Hosts`.
     pub fn failure(&self, domain: &str) -> Option<(bool, &'static str, String)> {
@@ -154,6 +183,11 @@ impl MxResult {
                 "4.4.3",
                 format!("DNS lookup for {domain} failed temporarily: {reason}"),
             )),
+            MxResult::DnssecFailed { reason, .. } => Some((
+                false,
+                "4.7.5",
+                format!("DNSSEC validation failed for the MX of {domain}: {reason}"),
+            )),
         }
     }
 }
@@ -166,6 +200,9 @@ pub struct AddrResult {
     pub security: Security,
     /// The host name was an alias: the canonical name the CNAME chain led to.
     pub canonical: Option<String>,
+    /// Every CNAME of the chain and the address answers are DNSSEC-secure: the
+    /// canonical name may serve as the TLSA base domain (D3, RFC 7672 2.2.3).
+    pub canonical_secure: bool,
     /// Set when no address was found because a lookup failed temporarily.
     pub temp_error: Option<String>,
 }
@@ -179,38 +216,191 @@ pub enum DnsSetupError {
 }
 
 /// What one lookup produced once hickory's error cases are sorted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Lookup {
+    /// Records in the answer section (possibly with the CNAMEs that led to them).
     Records(Vec<Record>),
-    /// NOERROR with no records of the type ("NODATA").
-    NoData,
-    NxDomain,
+    /// NOERROR with no records of the type ("NODATA"), with the security of the
+    /// denial (the SOA and NSEC/NSEC3 records that prove it).
+    NoData(Security),
+    /// NXDOMAIN, with the security of the denial.
+    NxDomain(Security),
+    /// The answer failed DNSSEC validation (`Bogus`) or could not be validated
+    /// (`Indeterminate`). Never "no records": an attacker must not be able to turn an
+    /// answer into a denial by breaking its signatures.
+    Unverified { security: Security, reason: String },
+    /// SERVFAIL, timeout, refused: no usable answer now. A validating upstream also
+    /// answers SERVFAIL for bogus data, so this is as bad as `Unverified` for any
+    /// decision that needs DNSSEC (field notes).
     Temp(String),
 }
 
+/// The security of a denial (NXDOMAIN/NODATA): what hickory's validator concluded
+/// about the SOA and the NSEC/NSEC3 records of the authority section. A denial
+/// carries no proof of its own (field notes); with none of these records at all
+/// nothing is proven.
+fn denial_security(validating: bool, nr: &NoRecords) -> Security {
+    if !validating {
+        return Security::Unvalidated;
+    }
+    let soa = nr.soa.iter().map(|soa| proof_security(soa.proof));
+    let authorities = nr
+        .authorities
+        .iter()
+        .flat_map(|a| a.iter())
+        .filter(|r| {
+            matches!(
+                r.record_type(),
+                RecordType::SOA | RecordType::NSEC | RecordType::NSEC3
+            )
+        })
+        .map(|r| proof_security(r.proof));
+    soa.chain(authorities)
+        .reduce(Security::weakest)
+        .unwrap_or(Security::Indeterminate)
+}
+
 /// Sort a hickory lookup error into the cases that matter for mail.
-fn classify_error(err: &NetError) -> Lookup {
+fn classify_error(validating: bool, err: &NetError) -> Lookup {
     match err {
-        NetError::Dns(DnsError::NoRecordsFound(nr)) => match nr.response_code {
-            ResponseCode::NXDomain => Lookup::NxDomain,
-            ResponseCode::NoError => Lookup::NoData,
-            other => Lookup::Temp(format!("server answered {other}")),
-        },
-        NetError::Dns(DnsError::Nsec { response, .. }) => {
-            if response.metadata.response_code == ResponseCode::NXDomain {
-                Lookup::NxDomain
+        NetError::Dns(DnsError::NoRecordsFound(nr)) => {
+            let security = denial_security(validating, nr);
+            match nr.response_code {
+                ResponseCode::NXDomain => Lookup::NxDomain(security),
+                ResponseCode::NoError => Lookup::NoData(security),
+                other => Lookup::Temp(format!("server answered {other}")),
+            }
+        }
+        // hickory's validator could not prove the denial secure: it says how far it
+        // got. Insecure is a real answer (an unsigned zone); anything else is not.
+        NetError::Dns(DnsError::Nsec {
+            response, proof, ..
+        }) => {
+            let security = if validating {
+                proof_security(*proof)
             } else {
-                Lookup::NoData
+                Security::Unvalidated
+            };
+            match security {
+                Security::Bogus | Security::Indeterminate => Lookup::Unverified {
+                    security,
+                    reason: format!("the denial of existence is {security} (DNSSEC)"),
+                },
+                _ if response.metadata.response_code == ResponseCode::NXDomain => {
+                    Lookup::NxDomain(security)
+                }
+                _ => Lookup::NoData(security),
             }
         }
         NetError::Dns(DnsError::ResponseCode(code)) => {
             Lookup::Temp(format!("server answered {code}"))
         }
-        NetError::Dns(DnsError::DnssecBogus) => {
-            Lookup::Temp("DNSSEC validation failed (bogus answer)".into())
-        }
+        NetError::Dns(DnsError::DnssecBogus) => Lookup::Unverified {
+            security: Security::Bogus,
+            reason: "DNSSEC validation failed (bogus answer)".into(),
+        },
         NetError::Timeout => Lookup::Temp("no answer from the DNS server (timeout)".into()),
         other => Lookup::Temp(other.to_string()),
+    }
+}
+
+/// Most CNAMEs followed for one lookup (RFC 1034 allows chains; loops must end).
+const MAX_CNAME_HOPS: usize = 8;
+
+/// One raw query, as hickory answers it. A trait so the CNAME handling below can be
+/// tested against a table.
+trait RawLookup {
+    fn validating(&self) -> bool;
+    async fn raw(&self, name: &Name, rtype: RecordType) -> Lookup;
+}
+
+/// The end of the CNAME chain in `records` starting at `name`, if the records hold
+/// no record of `rtype` for it (a chain that stops at an alias).
+fn dangling_cname_target(records: &[Record], name: &Name, rtype: RecordType) -> Option<Name> {
+    let mut current = name.clone();
+    for _ in 0..=MAX_CNAME_HOPS {
+        if records
+            .iter()
+            .any(|r| r.record_type() == rtype && r.name == current)
+        {
+            return None;
+        }
+        let next = records.iter().find_map(|r| match &r.data {
+            RData::CNAME(c) if r.name == current => Some(c.0.clone()),
+            _ => None,
+        })?;
+        current = next;
+    }
+    Some(current)
+}
+
+/// A lookup that follows CNAMEs itself where hickory stops or goes wrong:
+///
+/// - An answer holding only CNAMEs (the target lies in another zone, or has no record
+///   of the type): query the target. A secure CNAME alone proves nothing about the
+///   target, so the target's own answer (and its denial proof) is needed.
+/// - A bogus answer for a name that may be an alias: through recursive upstreams,
+///   hickory 0.26.3 judges NODATA at a CNAME bogus ("SOA record is for the wrong
+///   zone"; field notes). Ask for the CNAME itself; if it validates, query the target
+///   and judge that answer instead. Nothing is trusted that did not validate: the
+///   CNAME must, and the target's answer must.
+///
+/// The result carries the CNAME records in front of the target's records; a denial
+/// at the target is as secure as the weakest link of the chain.
+async fn lookup_following<L: RawLookup>(l: &L, name: &Name, rtype: RecordType) -> Lookup {
+    let first = l.raw(name, rtype).await;
+    if rtype == RecordType::CNAME {
+        return first;
+    }
+    let mut chain: Vec<Record> = Vec::new();
+    let mut answer = first.clone();
+    let mut current = name.clone();
+    for _ in 0..MAX_CNAME_HOPS {
+        let target = match &answer {
+            Lookup::Records(records) => match dangling_cname_target(records, &current, rtype) {
+                Some(target) => {
+                    chain.extend(records.iter().cloned());
+                    target
+                }
+                None => break,
+            },
+            Lookup::Unverified { .. } => {
+                let Lookup::Records(cnames) = l.raw(&current, RecordType::CNAME).await else {
+                    break;
+                };
+                let cname_security = security_of(l.validating(), &cnames);
+                if matches!(cname_security, Security::Bogus | Security::Indeterminate) {
+                    break;
+                }
+                match dangling_cname_target(&cnames, &current, rtype) {
+                    Some(target) => {
+                        tracing::debug!(%current, %target, "re-asking the CNAME target of an unverified answer");
+                        chain.extend(cnames);
+                        target
+                    }
+                    None => break,
+                }
+            }
+            _ => break,
+        };
+        if target == current || chain.len() > 2 * MAX_CNAME_HOPS {
+            break;
+        }
+        current = target;
+        answer = l.raw(&current, rtype).await;
+    }
+    if chain.is_empty() {
+        return first;
+    }
+    let chain_security = security_of(l.validating(), &chain);
+    match answer {
+        Lookup::Records(records) => {
+            chain.extend(records);
+            Lookup::Records(chain)
+        }
+        Lookup::NoData(s) => Lookup::NoData(s.weakest(chain_security)),
+        Lookup::NxDomain(s) => Lookup::NxDomain(s.weakest(chain_security)),
+        other => other,
     }
 }
 
@@ -228,19 +418,31 @@ fn name_to_host(name: &Name) -> String {
     name.to_ascii().trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// The overall security of a set of records (the weakest proof among them).
+/// The security a validating resolver gave one record.
+fn proof_security(proof: Proof) -> Security {
+    match proof {
+        Proof::Secure => Security::Secure,
+        Proof::Insecure => Security::Insecure,
+        Proof::Bogus => Security::Bogus,
+        Proof::Indeterminate => Security::Indeterminate,
+    }
+}
+
+/// The overall security of a set of records (the weakest proof among them). RRSIGs
+/// are the means of validation, not data: they do not count. An empty set proves
+/// nothing: `Indeterminate`.
 fn security_of(validating: bool, records: &[Record]) -> Security {
     if !validating {
         return Security::Unvalidated;
     }
-    records
+    let mut data = records
         .iter()
-        .map(|r| match r.proof {
-            Proof::Secure => Security::Secure,
-            Proof::Insecure => Security::Insecure,
-            Proof::Bogus => Security::Bogus,
-            Proof::Indeterminate => Security::Indeterminate,
-        })
+        .filter(|r| r.record_type() != RecordType::RRSIG)
+        .peekable();
+    if data.peek().is_none() {
+        return Security::Indeterminate;
+    }
+    data.map(|r| proof_security(r.proof))
         .fold(Security::Secure, Security::weakest)
 }
 
@@ -302,6 +504,19 @@ impl std::fmt::Debug for Resolver {
     }
 }
 
+impl RawLookup for Resolver {
+    fn validating(&self) -> bool {
+        self.validating
+    }
+
+    async fn raw(&self, name: &Name, rtype: RecordType) -> Lookup {
+        match self.inner.lookup(name.clone(), rtype).await {
+            Ok(l) => Lookup::Records(l.answers().to_vec()),
+            Err(e) => classify_error(self.validating, &e),
+        }
+    }
+}
+
 impl Resolver {
     /// Build the resolver: the configured upstream servers (each over UDP and TCP,
     /// at the configured port), or the system's resolv.conf when none are given.
@@ -328,6 +543,21 @@ impl Resolver {
         &self.inner
     }
 
+    /// Whether answers are DNSSEC-validated in-process.
+    pub fn validating(&self) -> bool {
+        self.validating
+    }
+
+    /// The security of an answer that carries no records (NXDOMAIN/NODATA) when the
+    /// resolver does not validate.
+    fn unvalidated_or(&self, s: Security) -> Security {
+        if self.validating {
+            s
+        } else {
+            Security::Unvalidated
+        }
+    }
+
     /// Where mail for `domain` goes (see the module documentation for the rules).
     pub async fn resolve_mx(&self, domain: &str) -> MxResult {
         let name = match absolute_name(domain) {
@@ -336,17 +566,16 @@ impl Resolver {
                 // Not a syntactically valid domain: no lookup can ever succeed.
                 tracing::warn!(domain, "MX lookup not attempted: {e}");
                 return MxResult::NoSuchDomain {
-                    security: Security::Unvalidated,
+                    security: self.unvalidated_or(Security::Insecure),
                 };
             }
         };
-        let mx = match self.inner.mx_lookup(name.clone()).await {
-            Ok(l) => Lookup::Records(l.answers().to_vec()),
-            Err(e) => classify_error(&e),
-        };
-        match mx {
+        match lookup_following(self, &name, RecordType::MX).await {
             Lookup::Records(records) => {
                 let security = security_of(self.validating, &records);
+                if let Some(failed) = MxResult::unverified(security, "the MX answer") {
+                    return failed;
+                }
                 let pairs: Vec<(u16, String)> = records
                     .iter()
                     .filter_map(|r| match &r.data {
@@ -369,10 +598,21 @@ impl Resolver {
                     },
                 }
             }
-            Lookup::NoData => self.implicit_mx(domain, Security::Unvalidated).await,
-            Lookup::NxDomain => MxResult::NoSuchDomain {
-                security: Security::Unvalidated,
-            },
+            Lookup::NoData(security) => {
+                if let Some(failed) = MxResult::unverified(security, "the denial of an MX") {
+                    return failed;
+                }
+                self.implicit_mx(domain, security).await
+            }
+            Lookup::NxDomain(security) => {
+                // An NXDOMAIN bounces the message: only a proven (or provably
+                // unsigned) one may do that.
+                if let Some(failed) = MxResult::unverified(security, "the NXDOMAIN answer") {
+                    return failed;
+                }
+                MxResult::NoSuchDomain { security }
+            }
+            Lookup::Unverified { security, reason } => MxResult::DnssecFailed { security, reason },
             Lookup::Temp(reason) => MxResult::TempFail { reason },
         }
     }
@@ -381,6 +621,10 @@ impl Resolver {
     async fn implicit_mx(&self, domain: &str, mx_security: Security) -> MxResult {
         let host = domain.trim_end_matches('.').to_ascii_lowercase();
         let addrs = self.resolve_addrs(&host).await;
+        let security = mx_security.weakest(addrs.security);
+        if let Some(failed) = MxResult::unverified(security, "the implicit MX (address) answer") {
+            return failed;
+        }
         if !addrs.addrs.is_empty() {
             return MxResult::Hosts {
                 hosts: vec![MxHost {
@@ -389,55 +633,56 @@ impl Resolver {
                     literal: None,
                 }],
                 implicit: true,
-                security: mx_security.weakest(addrs.security),
+                security,
                 addresses: addrs.addrs,
             };
         }
         match addrs.temp_error {
             Some(reason) => MxResult::TempFail { reason },
-            None => MxResult::NoMailHost {
-                security: mx_security.weakest(addrs.security),
-            },
+            None => MxResult::NoMailHost { security },
         }
     }
 
     /// A and AAAA of one host, looked up together. IPv4 addresses come first: boxes
     /// are often on networks with an IPv6 address but no working IPv6 route, where an
     /// IPv6-first order would spend a connect timeout per host.
+    ///
+    /// `security` is the weakest status of both answers including every CNAME on the
+    /// way. A bogus or unverifiable answer yields *no* addresses (D1: the host is not
+    /// used) and a `temp_error` saying why.
     pub async fn resolve_addrs(&self, host: &str) -> AddrResult {
         let name = match absolute_name(host) {
             Ok(n) => n,
             Err(e) => {
                 return AddrResult {
                     addrs: Vec::new(),
-                    security: Security::Unvalidated,
+                    security: self.unvalidated_or(Security::Indeterminate),
                     canonical: None,
+                    canonical_secure: false,
                     temp_error: Some(e),
                 }
             }
         };
         let (v4, v6) = tokio::join!(
-            self.inner.lookup(name.clone(), RecordType::A),
-            self.inner.lookup(name.clone(), RecordType::AAAA)
+            lookup_following(self, &name, RecordType::A),
+            lookup_following(self, &name, RecordType::AAAA)
         );
-        let v4 = v4.map_or_else(
-            |e| classify_error(&e),
-            |l| Lookup::Records(l.answers().to_vec()),
-        );
-        let v6 = v6.map_or_else(
-            |e| classify_error(&e),
-            |l| Lookup::Records(l.answers().to_vec()),
-        );
-        collect_addrs(self.validating, [v4, v6])
+        collect_addrs(self.validating, host, [v4, v6])
     }
 }
 
 /// Merge the A and AAAA lookups of one host into its address list.
-fn collect_addrs(validating: bool, lookups: [Lookup; 2]) -> AddrResult {
+fn collect_addrs(validating: bool, host: &str, lookups: [Lookup; 2]) -> AddrResult {
     let mut addrs = Vec::new();
-    let mut records_seen: Vec<Record> = Vec::new();
     let mut canonical = None;
+    let mut cnames_secure = true;
     let mut temp_error = None;
+    let mut failed = 0;
+    let mut security = if validating {
+        Security::Secure
+    } else {
+        Security::Unvalidated
+    };
     for lookup in lookups {
         match lookup {
             Lookup::Records(records) => {
@@ -446,22 +691,47 @@ fn collect_addrs(validating: bool, lookups: [Lookup; 2]) -> AddrResult {
                         RData::A(a) => addrs.push(IpAddr::V4(a.0)),
                         RData::AAAA(a) => addrs.push(IpAddr::V6(a.0)),
                         // A chain is answered in order; the last target is canonical.
-                        RData::CNAME(c) => canonical = Some(name_to_host(&c.0)),
+                        RData::CNAME(c) => {
+                            canonical = Some(name_to_host(&c.0));
+                            cnames_secure &= validating && r.proof == Proof::Secure;
+                        }
                         _ => {}
                     }
                 }
-                records_seen.extend(records);
+                security = security.weakest(security_of(validating, &records));
             }
-            Lookup::NoData | Lookup::NxDomain => {}
-            Lookup::Temp(reason) => temp_error = Some(reason),
+            Lookup::NoData(s) | Lookup::NxDomain(s) => security = security.weakest(s),
+            Lookup::Unverified {
+                security: s,
+                reason,
+            } => {
+                security = security.weakest(s);
+                temp_error = Some(reason);
+            }
+            Lookup::Temp(reason) => {
+                // No answer is no proof; but the other family may have answered.
+                failed += 1;
+                temp_error = Some(reason);
+            }
         }
+    }
+    if failed == 2 && validating {
+        // Neither family answered: nothing about this name is known.
+        security = Security::Indeterminate;
+    }
+    if matches!(security, Security::Bogus | Security::Indeterminate) && !addrs.is_empty() {
+        tracing::warn!(host, %security, "address answer failed DNSSEC validation; host not used");
+        addrs.clear();
+        temp_error.get_or_insert_with(|| format!("the address answer is {security} (DNSSEC)"));
     }
     let mut seen = std::collections::HashSet::new();
     addrs.retain(|a| seen.insert(*a));
+    let canonical_secure = canonical.is_some() && cnames_secure && security == Security::Secure;
     AddrResult {
         addrs,
-        security: security_of(validating, &records_seen),
+        security,
         canonical,
+        canonical_secure,
         temp_error,
     }
 }
@@ -506,7 +776,6 @@ fn set_options(opts: &mut ResolverOpts, timeout: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_resolver::net::NoRecords;
     use hickory_resolver::proto::op::Query;
     use hickory_resolver::proto::rr::rdata::{A, AAAA, CNAME};
     use rand::SeedableRng;
@@ -597,26 +866,30 @@ mod tests {
     #[test]
     fn errors_are_classified() {
         assert_eq!(
-            classify_error(&no_records(ResponseCode::NXDomain)),
-            Lookup::NxDomain
+            classify_error(false, &no_records(ResponseCode::NXDomain)),
+            Lookup::NxDomain(Security::Unvalidated)
         );
         assert_eq!(
-            classify_error(&no_records(ResponseCode::NoError)),
-            Lookup::NoData
+            classify_error(false, &no_records(ResponseCode::NoError)),
+            Lookup::NoData(Security::Unvalidated)
         );
         assert!(matches!(
-            classify_error(&NetError::Dns(DnsError::ResponseCode(
-                ResponseCode::ServFail
-            ))),
+            classify_error(
+                true,
+                &NetError::Dns(DnsError::ResponseCode(ResponseCode::ServFail))
+            ),
             Lookup::Temp(_)
         ));
         assert!(matches!(
-            classify_error(&NetError::Timeout),
+            classify_error(true, &NetError::Timeout),
             Lookup::Temp(_)
         ));
         assert!(matches!(
-            classify_error(&NetError::Dns(DnsError::DnssecBogus)),
-            Lookup::Temp(_)
+            classify_error(true, &NetError::Dns(DnsError::DnssecBogus)),
+            Lookup::Unverified {
+                security: Security::Bogus,
+                ..
+            }
         ));
     }
 
@@ -652,7 +925,7 @@ mod tests {
             60,
             RData::AAAA(AAAA::new(0, 0, 0, 0, 0, 0, 0, 1)),
         )]);
-        let r = collect_addrs(false, [v4, v6]);
+        let r = collect_addrs(false, "mx.example", [v4, v6]);
         assert_eq!(
             r.addrs,
             vec![
@@ -662,12 +935,20 @@ mod tests {
         );
         assert_eq!(r.canonical.as_deref(), Some("real.example"));
         assert_eq!(r.security, Security::Unvalidated);
+        assert!(!r.canonical_secure, "nothing is secure without validation");
         assert_eq!(r.temp_error, None);
     }
 
     #[test]
     fn address_lookup_temp_failure_is_reported() {
-        let r = collect_addrs(false, [Lookup::Temp("timeout".into()), Lookup::NoData]);
+        let r = collect_addrs(
+            false,
+            "mx.example",
+            [
+                Lookup::Temp("timeout".into()),
+                Lookup::NoData(Security::Unvalidated),
+            ],
+        );
         assert!(r.addrs.is_empty());
         assert_eq!(r.temp_error.as_deref(), Some("timeout"));
     }
