@@ -138,6 +138,9 @@ pub struct DnsConfig {
     pub servers: Vec<SocketAddr>,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// DNSSEC trust anchor: a file with root DS or DNSKEY lines in zone-file format.
+    /// None: the IANA root KSKs built into qrelay.
+    pub trust_anchor: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -278,6 +281,7 @@ impl Default for DnsConfig {
         DnsConfig {
             servers: Vec::new(),
             timeout: Duration::from_secs(10),
+            trust_anchor: None,
         }
     }
 }

@@ -19,13 +19,37 @@
 //!   warning); a CNAME is followed by the address lookup and recorded as the host's
 //!   canonical name, while the MX name stays the name the certificate is checked for.
 //!
-//! Every answer carries its [`Security`]: where it came from and whether DNSSEC vouches
-//! for it. Validation is off in this release (`ResolverOpts.validate = false`, stated
-//! explicitly below), so answers are [`Security::Unvalidated`]; the DNSSEC work turns
-//! it on and the same fields then say `Secure` / `Insecure` / `Bogus`, which
-//! `policy::decide` consumes (standards.md B1, D1-D3).
+//! Every answer carries its [`Security`] (Secure / Insecure / Bogus / Indeterminate),
+//! which `policy::decide` and the DANE steps consume (standards.md B1, D1-D4).
+//!
+//! # DNSSEC
+//!
+//! - **Validation happens here, in-process** (hickory's `validate = true`): every
+//!   RRSIG is checked from the trust anchor down (DS at the parent, DNSKEY at the
+//!   child). The upstream resolver's AD bit is **never** consulted: it is one
+//!   unauthenticated bit in a packet that anyone on the path (or the home router
+//!   acting as resolver) can set; trusting it would make all of DANE as strong as
+//!   the weakest link to the upstream.
+//! - **Upstreams are asked over TCP.** Signed answers are large; UDP paths lose or
+//!   strip RRSIGs (fragmentation, middleboxes), which makes good answers look bogus.
+//! - **The trust anchor** is the IANA root KSKs built in ([`anchor`]), or the DS or
+//!   DNSKEY lines of `[dns] trust_anchor`. A DS is matched against the root DNSKEY
+//!   RRset fetched at first use.
+//! - **A failure never becomes a denial.** Bogus, indeterminate, SERVFAIL and
+//!   timeouts are temporary: an MX lookup gives [`MxResult::DnssecFailed`] (4.7.5) or
+//!   [`MxResult::TempFail`] (4.4.3), the domain is deferred, never bounced, never
+//!   delivered at a lower level. Only a proven (secure) or provably unsigned
+//!   (insecure) NXDOMAIN leads to a 5.1.2 bounce. A host whose address answer is
+//!   bogus gets no addresses (D1: the host is skipped).
+//! - **CNAMEs are followed here** when hickory stops at an alias or misjudges NODATA
+//!   at one ([`lookup_following`]), and a chain is as secure as its weakest link.
+//! - hickory's cache is on: positive answers are cached, negative and bogus ones are
+//!   not.
+//! - [`Resolver::probe_dnssec`] checks that the root DNSKEY validates through the
+//!   upstreams; the daemon runs [`monitor_dnssec`] and says loudly when it does not.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::config::{
@@ -33,16 +57,23 @@ use hickory_resolver::config::{
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError, NoRecords};
-use hickory_resolver::proto::dnssec::Proof;
+use hickory_resolver::proto::dnssec::rdata::DNSSECRData;
+use hickory_resolver::proto::dnssec::{Proof, PublicKey, TrustAnchors};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use hickory_resolver::TokioResolver;
 use rand::seq::SliceRandom;
 use rand::Rng;
+use tokio::sync::OnceCell;
 
 use crate::config::DnsConfig;
 
+pub mod anchor;
+mod probe;
 mod tlsa;
+
+pub use anchor::{DnskeyAnchor, DsAnchor, TrustAnchor, TrustAnchorError};
+pub use probe::{monitor_dnssec, DnssecHealth, DnssecStatus, PROBE_INTERVAL};
 
 /// How far a DNS answer can be trusted (RFC 4035 section 4.3 vocabulary, plus
 /// `Unvalidated` for answers of a resolver that does not validate).
@@ -213,6 +244,8 @@ pub enum DnsSetupError {
     SystemConfig(String),
     #[error("cannot build the DNS resolver: {0}")]
     Build(String),
+    #[error(transparent)]
+    TrustAnchor(#[from] TrustAnchorError),
 }
 
 /// What one lookup produced once hickory's error cases are sorted.
@@ -325,13 +358,15 @@ fn dangling_cname_target(records: &[Record], name: &Name, rtype: RecordType) -> 
         {
             return None;
         }
-        let next = records.iter().find_map(|r| match &r.data {
+        match records.iter().find_map(|r| match &r.data {
             RData::CNAME(c) if r.name == current => Some(c.0.clone()),
             _ => None,
-        })?;
-        current = next;
+        }) {
+            Some(next) => current = next,
+            None => break,
+        }
     }
-    Some(current)
+    (current != *name).then_some(current)
 }
 
 /// A lookup that follows CNAMEs itself where hickory stops or goes wrong:
@@ -490,9 +525,19 @@ pub fn order_mx<R: Rng + ?Sized>(
 }
 
 /// The MX resolver, built once from `[dns]`.
+///
+/// Two hickory resolvers share the upstreams: `validated` (DNSSEC on, the trust
+/// anchor configured) answers every lookup this module makes; `plain` (no
+/// validation) only fetches the root DNSKEY RRset when the anchor is a DS, and
+/// serves [`Resolver::hickory`].
 #[derive(Clone)]
 pub struct Resolver {
-    inner: TokioResolver,
+    plain: TokioResolver,
+    /// Built at once for DNSKEY anchors; on first use for a DS anchor (the root key
+    /// must be fetched and matched first), retried on every use until it succeeds.
+    validated: Arc<OnceCell<TokioResolver>>,
+    anchor: Arc<TrustAnchor>,
+    cfg: Arc<DnsConfig>,
     validating: bool,
 }
 
@@ -500,6 +545,8 @@ impl std::fmt::Debug for Resolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Resolver")
             .field("validating", &self.validating)
+            .field("anchor", &self.anchor.describe())
+            .field("upstreams", &self.upstreams())
             .finish()
     }
 }
@@ -510,7 +557,16 @@ impl RawLookup for Resolver {
     }
 
     async fn raw(&self, name: &Name, rtype: RecordType) -> Lookup {
-        match self.inner.lookup(name.clone(), rtype).await {
+        let resolver = match self.active().await {
+            Ok(r) => r,
+            Err(reason) => {
+                return Lookup::Unverified {
+                    security: Security::Indeterminate,
+                    reason,
+                }
+            }
+        };
+        match resolver.lookup(name.clone(), rtype).await {
             Ok(l) => Lookup::Records(l.answers().to_vec()),
             Err(e) => classify_error(self.validating, &e),
         }
@@ -518,34 +574,143 @@ impl RawLookup for Resolver {
 }
 
 impl Resolver {
-    /// Build the resolver: the configured upstream servers (each over UDP and TCP,
-    /// at the configured port), or the system's resolv.conf when none are given.
+    /// Build the resolver: the configured upstream servers (over TCP, at the
+    /// configured port), or the system's resolv.conf when none are given; DNSSEC
+    /// validation on, with the configured trust anchor (`[dns] trust_anchor`) or the
+    /// built-in IANA root keys.
     pub fn from_config(cfg: &DnsConfig) -> Result<Resolver, DnsSetupError> {
-        let provider = TokioRuntimeProvider::default();
-        let mut builder = if cfg.servers.is_empty() {
-            TokioResolver::builder(provider)
-                .map_err(|e| DnsSetupError::SystemConfig(e.to_string()))?
-        } else {
-            TokioResolver::builder_with_config(upstream_config(&cfg.servers), provider)
-        };
-        let opts = builder.options_mut();
-        set_options(opts, cfg.timeout);
-        let validating = opts.validate;
-        let inner = builder
-            .build()
-            .map_err(|e| DnsSetupError::Build(e.to_string()))?;
-        Ok(Resolver { inner, validating })
+        let anchor = TrustAnchor::from_config(cfg.trust_anchor.as_deref())?;
+        Resolver::build(cfg, anchor, true)
     }
 
-    /// The underlying hickory resolver, for record types this module does not wrap
-    /// (e.g. the TXT lookup of `mtasts`), with the same upstreams and options.
+    /// A resolver that does not validate (every answer `Unvalidated`), for unit
+    /// tests against small unsigned test responders.
+    #[cfg(test)]
+    pub(crate) fn unvalidated_for_tests(cfg: &DnsConfig) -> Resolver {
+        match Resolver::build(cfg, TrustAnchor::builtin(), false) {
+            Ok(r) => r,
+            Err(e) => panic!("test resolver: {e}"),
+        }
+    }
+
+    fn build(
+        cfg: &DnsConfig,
+        anchor: TrustAnchor,
+        validating: bool,
+    ) -> Result<Resolver, DnsSetupError> {
+        let transport = if validating {
+            Transport::Tcp
+        } else {
+            Transport::UdpThenTcp
+        };
+        let plain = hickory_resolver(cfg, None, transport)?;
+        let validated = OnceCell::new();
+        if validating {
+            if let TrustAnchor::Keys(keys) = &anchor {
+                let v = hickory_resolver(cfg, Some(anchor::trust_anchors(keys)), transport)?;
+                // A fresh cell cannot be full.
+                let _ = validated.set(v);
+            }
+        }
+        tracing::debug!(
+            validating,
+            anchor = %anchor.describe(),
+            "DNS resolver built"
+        );
+        Ok(Resolver {
+            plain,
+            validated: Arc::new(validated),
+            anchor: Arc::new(anchor),
+            cfg: Arc::new(cfg.clone()),
+            validating,
+        })
+    }
+
+    /// The resolver every lookup goes through: the validating one when validation
+    /// is on (built now if the anchor is a DS and it is not built yet).
+    async fn active(&self) -> Result<&TokioResolver, String> {
+        if !self.validating {
+            return Ok(&self.plain);
+        }
+        self.validated
+            .get_or_try_init(|| async {
+                let TrustAnchor::Digests(ds) = self.anchor.as_ref() else {
+                    // Keys: built in `build`; only a failure there leaves this empty.
+                    return Err("the DNSSEC resolver is not available".to_string());
+                };
+                let keys = self.root_keys_matching(ds).await?;
+                tracing::info!(
+                    keys = ?keys.iter().map(DnskeyAnchor::key_tag).collect::<Vec<_>>(),
+                    "root DNSKEY matched the configured DS trust anchor"
+                );
+                hickory_resolver(
+                    &self.cfg,
+                    Some(anchor::trust_anchors(&keys)),
+                    Transport::Tcp,
+                )
+                .map_err(|e| e.to_string())
+            })
+            .await
+    }
+
+    /// Fetch the root DNSKEY RRset (unvalidated) and keep the keys a configured DS
+    /// stands for. The digest pins the key, so the fetch needs no validation.
+    async fn root_keys_matching(&self, ds: &[DsAnchor]) -> Result<Vec<DnskeyAnchor>, String> {
+        let wanted: Vec<String> = ds.iter().map(ToString::to_string).collect();
+        let lookup = self
+            .plain
+            .lookup(Name::root(), RecordType::DNSKEY)
+            .await
+            .map_err(|e| {
+                format!("cannot fetch the root DNSKEY RRset to match the DS trust anchor: {e}")
+            })?;
+        let keys: Vec<DnskeyAnchor> = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::DNSSEC(DNSSECRData::DNSKEY(k)) => Some(DnskeyAnchor {
+                    flags: k.flags(),
+                    protocol: 3,
+                    algorithm: u8::from(k.public_key().algorithm()),
+                    public_key: k.public_key().public_bytes().to_vec(),
+                }),
+                _ => None,
+            })
+            .filter(|k| k.usable() && ds.iter().any(|d| anchor::ds_matches(d, k)))
+            .collect();
+        if keys.is_empty() {
+            return Err(format!(
+                "no root DNSKEY from the upstream resolvers matches the trust anchor ({})",
+                wanted.join("; ")
+            ));
+        }
+        Ok(keys)
+    }
+
+    /// The underlying hickory resolver, for record types this module does not wrap,
+    /// with the same upstreams. Its answers are *not* DNSSEC-validated: use it only
+    /// where DNSSEC plays no part (the MTA-STS TXT record, RFC 8461 section 3.1: the
+    /// policy is authenticated by HTTPS, not by DNS).
     pub fn hickory(&self) -> &TokioResolver {
-        &self.inner
+        &self.plain
     }
 
     /// Whether answers are DNSSEC-validated in-process.
     pub fn validating(&self) -> bool {
         self.validating
+    }
+
+    /// The upstream resolvers, for messages: "127.0.0.1:53, ..." or the system's.
+    pub fn upstreams(&self) -> String {
+        if self.cfg.servers.is_empty() {
+            return "from /etc/resolv.conf".into();
+        }
+        self.cfg
+            .servers
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// The security of an answer that carries no records (NXDOMAIN/NODATA) when the
@@ -736,31 +901,74 @@ fn collect_addrs(validating: bool, host: &str, lookups: [Lookup; 2]) -> AddrResu
     }
 }
 
-/// The name server list for configured upstreams: each over UDP and TCP at its port.
-fn upstream_config(servers: &[SocketAddr]) -> ResolverConfig {
+/// One hickory resolver over the configured upstreams (or the system's); with
+/// `anchors`, validating from them.
+fn hickory_resolver(
+    cfg: &DnsConfig,
+    anchors: Option<TrustAnchors>,
+    transport: Transport,
+) -> Result<TokioResolver, DnsSetupError> {
+    let provider = TokioRuntimeProvider::default();
+    let mut builder = if cfg.servers.is_empty() {
+        TokioResolver::builder(provider).map_err(|e| DnsSetupError::SystemConfig(e.to_string()))?
+    } else {
+        TokioResolver::builder_with_config(upstream_config(&cfg.servers, transport), provider)
+    };
+    set_options(builder.options_mut(), cfg.timeout, anchors.is_some());
+    if let Some(anchors) = anchors {
+        // The builder is the only way to give hickory a custom anchor:
+        // `ResolverOpts.trust_anchor` (a path) is ignored (field notes).
+        builder = builder.with_trust_anchor(Arc::new(anchors));
+    }
+    builder
+        .build()
+        .map_err(|e| DnsSetupError::Build(e.to_string()))
+}
+
+/// How configured upstreams are asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// Production: TCP only.
+    Tcp,
+    /// Unsigned unit-test responders, which speak UDP.
+    #[cfg_attr(not(test), allow(dead_code))]
+    UdpThenTcp,
+}
+
+/// The name server list for configured upstreams: each over TCP at its port. TCP
+/// because signed answers are large (RRSIGs, DNSKEY RRsets, NSEC proofs) and UDP
+/// paths (fragmentation, middleboxes, home routers) lose or strip them, which would
+/// make good answers look bogus.
+fn upstream_config(servers: &[SocketAddr], transport: Transport) -> ResolverConfig {
     let name_servers = servers
         .iter()
         .map(|sa| {
-            let mut udp = ConnectionConfig::udp();
-            udp.port = sa.port();
             let mut tcp = ConnectionConfig::tcp();
             tcp.port = sa.port();
-            NameServerConfig::new(sa.ip(), true, vec![udp, tcp])
+            let connections = match transport {
+                Transport::Tcp => vec![tcp],
+                Transport::UdpThenTcp => {
+                    let mut udp = ConnectionConfig::udp();
+                    udp.port = sa.port();
+                    vec![udp, tcp]
+                }
+            };
+            NameServerConfig::new(sa.ip(), true, connections)
         })
         .collect();
     ResolverConfig::from_name_servers(name_servers)
 }
 
 /// The resolver options, each set deliberately rather than inherited.
-fn set_options(opts: &mut ResolverOpts, timeout: Duration) {
+fn set_options(opts: &mut ResolverOpts, timeout: Duration, validate: bool) {
     opts.timeout = timeout;
     opts.attempts = 2;
     opts.edns0 = true;
-    // DNSSEC validation is switched on by the DNSSEC issue, together with the trust
-    // anchor and the startup probe (field-notes: "hickory-resolver and DNSSEC").
-    opts.validate = false;
+    // In-process DNSSEC validation (sets the DO bit, checks every RRSIG up to the
+    // trust anchor). The upstream's AD bit is never consulted.
+    opts.validate = validate;
     // Caching on: MX and address answers are small and reused for every message to
-    // the same domain. Negative answers are not cached by hickory.
+    // the same domain. Negative and bogus answers are not cached by hickory.
     opts.cache_size = 4096;
     // Mail routing comes from DNS only, never from /etc/hosts.
     opts.use_hosts_file = ResolveHosts::Never;
@@ -768,7 +976,8 @@ fn set_options(opts: &mut ResolverOpts, timeout: Duration) {
     opts.ndots = 0;
     // Keep CNAMEs in answers so an aliased MX host is visible.
     opts.preserve_intermediates = true;
-    // A truncated or failed UDP answer is retried over TCP.
+    // System upstreams are asked over UDP: a truncated or failed answer is retried
+    // over TCP.
     opts.try_tcp_on_error = true;
     opts.recursion_desired = true;
 }
@@ -1028,11 +1237,11 @@ mod tests {
     #[tokio::test]
     async fn resolver_against_a_local_dns_server() {
         let server = fake_dns().await;
-        let r = Resolver::from_config(&DnsConfig {
+        let r = Resolver::unvalidated_for_tests(&DnsConfig {
             servers: vec![server],
             timeout: Duration::from_secs(1),
-        })
-        .unwrap();
+            trust_anchor: None,
+        });
 
         match r.resolve_mx("MX.example.test").await {
             MxResult::Hosts {
@@ -1085,18 +1294,302 @@ mod tests {
         assert!(a.addrs.is_empty() && a.temp_error.is_some());
     }
 
+    /// Answers from a table, as a validating resolver would give them.
+    struct Table(std::collections::HashMap<(String, RecordType), Lookup>);
+
+    impl RawLookup for Table {
+        fn validating(&self) -> bool {
+            true
+        }
+        async fn raw(&self, name: &Name, rtype: RecordType) -> Lookup {
+            self.0
+                .get(&(name.to_ascii().to_ascii_lowercase(), rtype))
+                .cloned()
+                .unwrap_or(Lookup::Temp("not in table".into()))
+        }
+    }
+
+    fn rec(name: &str, rdata: RData, proof: Proof) -> Record {
+        let mut r = Record::from_rdata(Name::from_ascii(name).unwrap(), 60, rdata);
+        r.proof = proof;
+        r
+    }
+
+    fn cname(from: &str, to: &str, proof: Proof) -> Record {
+        rec(
+            from,
+            RData::CNAME(CNAME(Name::from_ascii(to).unwrap())),
+            proof,
+        )
+    }
+
+    fn a(name: &str, proof: Proof) -> Record {
+        rec(name, RData::A(A::new(127, 0, 0, 25)), proof)
+    }
+
+    fn table(entries: Vec<(&str, RecordType, Lookup)>) -> Table {
+        Table(
+            entries
+                .into_iter()
+                .map(|(n, t, l)| ((n.to_string(), t), l))
+                .collect(),
+        )
+    }
+
+    async fn follow(t: &Table, name: &str, rtype: RecordType) -> Lookup {
+        lookup_following(t, &Name::from_ascii(name).unwrap(), rtype).await
+    }
+
+    #[tokio::test]
+    async fn cname_chain_security_is_the_weakest_link() {
+        use RecordType::{A as TA, AAAA as TAAAA};
+        // mx -> (secure) mid -> (insecure) real, answered hop by hop: the address is
+        // only as secure as the insecure link.
+        let t = table(vec![
+            (
+                "mx.example.test.",
+                TA,
+                Lookup::Records(vec![cname(
+                    "mx.example.test.",
+                    "mid.example.test.",
+                    Proof::Secure,
+                )]),
+            ),
+            (
+                "mid.example.test.",
+                TA,
+                Lookup::Records(vec![cname(
+                    "mid.example.test.",
+                    "real.other.test.",
+                    Proof::Insecure,
+                )]),
+            ),
+            (
+                "real.other.test.",
+                TA,
+                Lookup::Records(vec![a("real.other.test.", Proof::Secure)]),
+            ),
+            (
+                "mx.example.test.",
+                TAAAA,
+                Lookup::Records(vec![cname(
+                    "mx.example.test.",
+                    "mid.example.test.",
+                    Proof::Secure,
+                )]),
+            ),
+            (
+                "mid.example.test.",
+                TAAAA,
+                Lookup::Records(vec![cname(
+                    "mid.example.test.",
+                    "real.other.test.",
+                    Proof::Insecure,
+                )]),
+            ),
+            ("real.other.test.", TAAAA, Lookup::NoData(Security::Secure)),
+        ]);
+        let v4 = follow(&t, "mx.example.test.", TA).await;
+        let Lookup::Records(records) = &v4 else {
+            panic!("{v4:?}")
+        };
+        assert_eq!(records.len(), 3, "both CNAMEs and the address");
+        let v6 = follow(&t, "mx.example.test.", TAAAA).await;
+        assert_eq!(v6, Lookup::NoData(Security::Insecure));
+        let r = collect_addrs(true, "mx.example.test", [v4, v6]);
+        assert_eq!(r.addrs.len(), 1);
+        assert_eq!(r.security, Security::Insecure);
+        assert_eq!(r.canonical.as_deref(), Some("real.other.test"));
+        assert!(!r.canonical_secure);
+    }
+
+    #[tokio::test]
+    async fn secure_cname_chain_gives_a_secure_canonical_name() {
+        let chain = vec![
+            cname("mx.example.test.", "host.provider.test.", Proof::Secure),
+            a("host.provider.test.", Proof::Secure),
+        ];
+        let t = table(vec![
+            ("mx.example.test.", RecordType::A, Lookup::Records(chain)),
+            (
+                "mx.example.test.",
+                RecordType::AAAA,
+                Lookup::Records(vec![cname(
+                    "mx.example.test.",
+                    "host.provider.test.",
+                    Proof::Secure,
+                )]),
+            ),
+            (
+                "host.provider.test.",
+                RecordType::AAAA,
+                Lookup::NoData(Security::Secure),
+            ),
+        ]);
+        let v4 = follow(&t, "mx.example.test.", RecordType::A).await;
+        let v6 = follow(&t, "mx.example.test.", RecordType::AAAA).await;
+        assert_eq!(v6, Lookup::NoData(Security::Secure));
+        let r = collect_addrs(true, "mx.example.test", [v4, v6]);
+        assert_eq!(r.security, Security::Secure);
+        assert_eq!(r.canonical.as_deref(), Some("host.provider.test"));
+        assert!(r.canonical_secure);
+    }
+
+    #[tokio::test]
+    async fn bogus_nodata_at_a_cname_is_reasked_at_the_target() {
+        // The field-notes bug: AAAA of an IPv4-only host behind a CNAME comes back
+        // bogus through a recursive upstream. The validated CNAME is followed and the
+        // target's secure NODATA is the answer.
+        let bogus = Lookup::Unverified {
+            security: Security::Bogus,
+            reason: "SOA record is for the wrong zone".into(),
+        };
+        let t = table(vec![
+            ("mx.example.test.", RecordType::AAAA, bogus.clone()),
+            (
+                "mx.example.test.",
+                RecordType::CNAME,
+                Lookup::Records(vec![cname(
+                    "mx.example.test.",
+                    "host.example.test.",
+                    Proof::Secure,
+                )]),
+            ),
+            (
+                "host.example.test.",
+                RecordType::AAAA,
+                Lookup::NoData(Security::Secure),
+            ),
+            // A name whose CNAME is itself bogus stays bogus.
+            ("evil.example.test.", RecordType::AAAA, bogus.clone()),
+            (
+                "evil.example.test.",
+                RecordType::CNAME,
+                Lookup::Records(vec![cname(
+                    "evil.example.test.",
+                    "host.example.test.",
+                    Proof::Bogus,
+                )]),
+            ),
+            // A bogus answer at a name that is no alias stays bogus.
+            ("plain.example.test.", RecordType::AAAA, bogus.clone()),
+            (
+                "plain.example.test.",
+                RecordType::CNAME,
+                Lookup::NoData(Security::Secure),
+            ),
+        ]);
+        assert_eq!(
+            follow(&t, "mx.example.test.", RecordType::AAAA).await,
+            Lookup::NoData(Security::Secure)
+        );
+        assert_eq!(
+            follow(&t, "evil.example.test.", RecordType::AAAA).await,
+            bogus
+        );
+        assert_eq!(
+            follow(&t, "plain.example.test.", RecordType::AAAA).await,
+            bogus
+        );
+    }
+
+    #[tokio::test]
+    async fn cname_loops_end() {
+        let t = table(vec![
+            (
+                "a.test.",
+                RecordType::A,
+                Lookup::Records(vec![cname("a.test.", "b.test.", Proof::Secure)]),
+            ),
+            (
+                "b.test.",
+                RecordType::A,
+                Lookup::Records(vec![cname("b.test.", "a.test.", Proof::Secure)]),
+            ),
+        ]);
+        // Terminates; no address comes out of a loop.
+        let r = follow(&t, "a.test.", RecordType::A).await;
+        let Lookup::Records(records) = r else {
+            panic!("{r:?}")
+        };
+        assert!(records.iter().all(|r| r.record_type() == RecordType::CNAME));
+    }
+
+    #[tokio::test]
+    async fn bogus_or_unproven_mx_answers_never_bounce_or_deliver() {
+        // Every shape of failure in an MX lookup turns into a temporary result.
+        for (security, expect_dnssec) in [(Security::Bogus, true), (Security::Indeterminate, true)]
+        {
+            let r = MxResult::unverified(security, "the NXDOMAIN answer").unwrap();
+            let (permanent, status, reason) = r.failure("example.test").unwrap();
+            assert!(!permanent);
+            assert_eq!(status, "4.7.5");
+            assert_eq!(
+                expect_dnssec,
+                reason.contains("DNSSEC validation failed for the MX of example.test")
+            );
+        }
+        assert!(MxResult::unverified(Security::Secure, "x").is_none());
+        assert!(MxResult::unverified(Security::Insecure, "x").is_none());
+    }
+
+    #[test]
+    fn denial_security_reads_soa_and_nsec_proofs() {
+        let q = Query::query(Name::from_ascii("x.example.test.").unwrap(), RecordType::MX);
+        let mut nr = NoRecords::new(q, ResponseCode::NXDomain);
+        assert_eq!(
+            denial_security(true, &nr),
+            Security::Indeterminate,
+            "no proof at all"
+        );
+        assert_eq!(denial_security(false, &nr), Security::Unvalidated);
+        let soa = |proof| {
+            let mut r = Record::from_rdata(
+                Name::from_ascii("example.test.").unwrap(),
+                60,
+                RData::SOA(hickory_resolver::proto::rr::rdata::SOA::new(
+                    Name::from_ascii("ns.example.test.").unwrap(),
+                    Name::from_ascii("h.example.test.").unwrap(),
+                    1,
+                    60,
+                    60,
+                    60,
+                    60,
+                )),
+            );
+            r.proof = proof;
+            r
+        };
+        nr.authorities = Some(Arc::from(vec![soa(Proof::Secure)]));
+        assert_eq!(denial_security(true, &nr), Security::Secure);
+        nr.authorities = Some(Arc::from(vec![soa(Proof::Secure), soa(Proof::Bogus)]));
+        assert_eq!(denial_security(true, &nr), Security::Bogus);
+        nr.authorities = Some(Arc::from(vec![soa(Proof::Insecure)]));
+        assert_eq!(denial_security(true, &nr), Security::Insecure);
+    }
+
     #[test]
     fn resolver_builds_for_configured_upstream() {
         let cfg = DnsConfig {
             servers: vec!["127.0.10.54:53".parse().unwrap()],
             timeout: Duration::from_secs(2),
+            trust_anchor: None,
         };
         let r = Resolver::from_config(&cfg).expect("resolver");
-        assert!(!r.validating);
-        let ns = upstream_config(&cfg.servers);
+        assert!(r.validating);
+        assert!(r.validated.get().is_some(), "built-in keys: ready at once");
+        assert_eq!(r.upstreams(), "127.0.10.54:53");
+        let ns = upstream_config(&cfg.servers, Transport::Tcp);
         assert_eq!(ns.name_servers().len(), 1);
         let conns = &ns.name_servers()[0].connections;
-        assert_eq!(conns.len(), 2);
+        assert_eq!(conns.len(), 1, "TCP only");
         assert!(conns.iter().all(|c| c.port == 53));
+        // A bad anchor file is a setup error naming the file.
+        let bad = DnsConfig {
+            trust_anchor: Some("/nonexistent/anchor".into()),
+            ..cfg
+        };
+        let err = Resolver::from_config(&bad).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/anchor"), "{err}");
     }
 }

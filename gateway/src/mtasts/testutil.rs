@@ -111,11 +111,11 @@ impl TestDns {
 
     /// A resolver asking only this responder.
     pub fn resolver(&self) -> Resolver {
-        Resolver::from_config(&DnsConfig {
+        Resolver::unvalidated_for_tests(&DnsConfig {
             servers: vec![self.addr],
             timeout: Duration::from_secs(2),
+            trust_anchor: None,
         })
-        .unwrap()
     }
 
     /// A domain with an STS record and a policy host on 127.0.0.1.

@@ -1,0 +1,173 @@
+//! Is DNSSEC working through the configured upstreams?
+//!
+//! Validation needs upstreams that pass RRSIGs, DNSKEY and DS records through.
+//! Many do not (home routers, some forwarders), and then every answer looks bogus
+//! and every delivery that needs DNSSEC is deferred. That is the safe outcome, but
+//! it must not be a silent one: the operator has to learn that the cause is the
+//! resolver path, not the recipients. So at start and every [`PROBE_INTERVAL`] the
+//! root DNSKEY RRset is looked up and must validate against the trust anchor; if it
+//! does not, one loud error-level sentence says so, and [`DnssecStatus`] holds the
+//! state for the control socket (`qrelay status`).
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use hickory_resolver::proto::rr::{Name, RecordType};
+
+use super::{classify_error, security_of, Lookup, Resolver, Security};
+
+/// How often the daemon re-probes.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(600);
+
+/// The outcome of the last probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnssecHealth {
+    /// No probe has finished yet.
+    Unknown,
+    /// The root DNSKEY RRset validated against the trust anchor.
+    Available { checked_at: SystemTime },
+    /// It did not: DNSSEC answers cannot be had now; what needs them is deferred.
+    Unavailable {
+        reason: String,
+        checked_at: SystemTime,
+    },
+    /// Validation is switched off (unit tests only).
+    Disabled,
+}
+
+impl DnssecHealth {
+    pub fn is_available(&self) -> bool {
+        matches!(self, DnssecHealth::Available { .. })
+    }
+
+    /// One line for `qrelay status`.
+    pub fn describe(&self) -> String {
+        match self {
+            DnssecHealth::Unknown => "DNSSEC: not probed yet".into(),
+            DnssecHealth::Available { .. } => "DNSSEC: available".into(),
+            DnssecHealth::Unavailable { reason, .. } => format!("DNSSEC: UNAVAILABLE ({reason})"),
+            DnssecHealth::Disabled => "DNSSEC: validation off".into(),
+        }
+    }
+}
+
+/// The shared state of the last probe (cheap to clone; one writer, many readers).
+#[derive(Debug, Clone)]
+pub struct DnssecStatus(Arc<RwLock<DnssecHealth>>);
+
+impl Default for DnssecStatus {
+    fn default() -> Self {
+        DnssecStatus(Arc::new(RwLock::new(DnssecHealth::Unknown)))
+    }
+}
+
+impl DnssecStatus {
+    pub fn get(&self) -> DnssecHealth {
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set(&self, health: DnssecHealth) {
+        match self.0.write() {
+            Ok(mut g) => *g = health,
+            Err(poisoned) => *poisoned.into_inner() = health,
+        }
+    }
+}
+
+impl Resolver {
+    /// Probe: does the root DNSKEY RRset validate through the configured upstreams?
+    pub async fn probe_dnssec(&self) -> DnssecHealth {
+        if !self.validating {
+            return DnssecHealth::Disabled;
+        }
+        let checked_at = SystemTime::now();
+        let resolver = match self.active().await {
+            Ok(r) => r,
+            Err(reason) => return DnssecHealth::Unavailable { reason, checked_at },
+        };
+        let lookup = match resolver.lookup(Name::root(), RecordType::DNSKEY).await {
+            Ok(l) => Lookup::Records(l.answers().to_vec()),
+            Err(e) => classify_error(true, &e),
+        };
+        let reason = match lookup {
+            Lookup::Records(records) => {
+                let dnskeys: Vec<_> = records
+                    .into_iter()
+                    .filter(|r| r.record_type() == RecordType::DNSKEY)
+                    .collect();
+                match security_of(true, &dnskeys) {
+                    Security::Secure => return DnssecHealth::Available { checked_at },
+                    _ if dnskeys.is_empty() => "no root DNSKEY records in the answer".into(),
+                    s => format!(
+                        "the root DNSKEY RRset is {s} (the trust anchor does not match the root keys, or signatures were stripped)"
+                    ),
+                }
+            }
+            Lookup::NoData(_) | Lookup::NxDomain(_) => {
+                "no root DNSKEY records (the upstream does not serve DNSSEC data)".into()
+            }
+            Lookup::Unverified { reason, .. } | Lookup::Temp(reason) => reason,
+        };
+        DnssecHealth::Unavailable { reason, checked_at }
+    }
+}
+
+/// Probe now and then every `interval` forever, keeping `status` current and
+/// logging: the error sentence while DNSSEC is unavailable (every probe, so it stays
+/// visible), one info line when it becomes available.
+pub async fn monitor_dnssec(resolver: Resolver, status: DnssecStatus, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let health = resolver.probe_dnssec().await;
+        let before = status.get();
+        match &health {
+            DnssecHealth::Unavailable { reason, .. } => tracing::error!(
+                "DNSSEC unavailable through upstream resolvers {}: {reason}; deliveries that need DNSSEC are deferred",
+                resolver.upstreams()
+            ),
+            DnssecHealth::Available { .. } if !before.is_available() => tracing::info!(
+                upstreams = %resolver.upstreams(),
+                anchor = %resolver.anchor.describe(),
+                "DNSSEC available: the root DNSKEY validates"
+            ),
+            _ => {}
+        }
+        status.set(health);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DnsConfig;
+
+    #[tokio::test]
+    async fn unreachable_upstream_is_reported_unavailable() {
+        // Nothing listens on this port: the probe must come back, unavailable.
+        let r = Resolver::from_config(&DnsConfig {
+            servers: vec!["127.0.0.1:9".parse().unwrap()],
+            timeout: Duration::from_millis(300),
+            trust_anchor: None,
+        })
+        .unwrap();
+        match r.probe_dnssec().await {
+            DnssecHealth::Unavailable { reason, .. } => assert!(!reason.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        let status = DnssecStatus::default();
+        assert_eq!(status.get(), DnssecHealth::Unknown);
+        status.set(r.probe_dnssec().await);
+        assert!(status.get().describe().contains("UNAVAILABLE"));
+    }
+
+    #[tokio::test]
+    async fn unvalidated_resolver_reports_disabled() {
+        let r = Resolver::unvalidated_for_tests(&DnsConfig::default());
+        assert_eq!(r.probe_dnssec().await, DnssecHealth::Disabled);
+    }
+}
