@@ -538,7 +538,10 @@ fn transport_words(a: &Attempt) -> Option<String> {
             Some("The connection to that server was not encrypted.".into())
         }
         (v, Some(t)) => {
-            let verified = matches!(v, Some(TransportVerdict::Trusted)) || t.pkix_verified;
+            let verified = matches!(
+                v,
+                Some(TransportVerdict::Trusted | TransportVerdict::Verified)
+            ) || t.pkix_verified;
             Some(format!(
                 "The connection to that server was encrypted ({}, {}){}.",
                 mime::clean(&t.version, false),

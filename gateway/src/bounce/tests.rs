@@ -52,6 +52,7 @@ fn failed(addr: &str, reply: &str, status: &str) -> Recipient {
         tls: None,
         verdict: None,
         reply: reply.into(),
+        auth: None,
     });
     r
 }

@@ -36,9 +36,8 @@ pub enum ConfigError {
 
 /// The transport level a message needs (standards.md section H).
 ///
-/// Ordered from weakest to strongest. `verified` (DANE / MTA-STS / DNSSEC)
-/// arrives with the DNSSEC work; the enum is shaped so it slots in above
-/// `trusted`.
+/// Ordered from weakest to strongest; the per-destination `dane_only` rule
+/// ([`DestinationConfig`]) comes on top of any level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
@@ -48,6 +47,10 @@ pub enum Level {
     Encrypted,
     /// Additionally a PKIX chain to a trusted root and the MX host name in the certificate.
     Trusted,
+    /// The MX is authenticated against DNS forgery (standards.md A3): DANE; PKIX on
+    /// an MX allowed by an MTA-STS enforce policy; PKIX with a certificate name in
+    /// the recipient domain; or PKIX on a DNSSEC-secure MX name.
+    Verified,
 }
 
 impl Level {
@@ -56,6 +59,7 @@ impl Level {
             Level::May => "may",
             Level::Encrypted => "encrypted",
             Level::Trusted => "trusted",
+            Level::Verified => "verified",
         }
     }
 }
@@ -80,6 +84,21 @@ pub struct Config {
     pub mta_sts: MtaStsConfig,
     /// Risk classes by name. Every message is `normal` for now.
     pub class: BTreeMap<String, ClassConfig>,
+    /// Rules for particular recipient domains (`[[destination]]`).
+    pub destination: Vec<DestinationConfig>,
+}
+
+/// A rule for one recipient domain, whatever the message's class.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// The recipient domain (exactly this domain, not its subdomains).
+    pub domain: String,
+    /// Deliver only to an MX host authenticated by DANE (standards.md D11, Postfix
+    /// `dane-only`): a domain without usable TLSA records is deferred, never sent
+    /// with a weaker check.
+    #[serde(default)]
+    pub dane_only: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -343,6 +362,7 @@ impl Default for Config {
             log: LogConfig::default(),
             mta_sts: MtaStsConfig::default(),
             class,
+            destination: Vec::new(),
         }
     }
 }
@@ -466,6 +486,20 @@ impl Config {
                 }
             }
         }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, d) in self.destination.iter().enumerate() {
+            let key = format!("destination[{i}].domain");
+            let domain = d.domain.trim_end_matches('.');
+            if domain.is_empty() || domain.contains('@') || domain.contains(char::is_whitespace) {
+                return Err(bad(
+                    &key,
+                    "must be a domain name such as \"partner.example\"",
+                ));
+            }
+            if !seen.insert(domain.to_ascii_lowercase()) {
+                return Err(bad(&key, &format!("{domain} is listed twice")));
+            }
+        }
         if let Some(ca) = &self.tls.ca_file {
             if !ca.exists() {
                 return Err(bad(
@@ -519,6 +553,20 @@ impl Config {
                 .unwrap_or(Profile::Modern)
                 .max(Profile::default_for(self.class_level(class))),
         }
+    }
+
+    /// The `[[destination]]` rule for a recipient domain, if any (case-insensitive,
+    /// exact domain).
+    pub fn destination(&self, domain: &str) -> Option<&DestinationConfig> {
+        let domain = domain.trim_end_matches('.');
+        self.destination
+            .iter()
+            .find(|d| d.domain.trim_end_matches('.').eq_ignore_ascii_case(domain))
+    }
+
+    /// Whether mail for `domain` may only go to DANE-authenticated hosts (D11).
+    pub fn dane_only(&self, domain: &str) -> bool {
+        self.destination(domain).is_some_and(|d| d.dane_only)
     }
 
     /// The level a class demands; unknown classes get the strictest configured one

@@ -7,7 +7,9 @@
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::spool::record::{Attempt, BodyType, Envelope, Notify, RcptState, Recipient, Ret};
+use crate::spool::record::{
+    Attempt, AuthFacts, BodyType, Envelope, Notify, RcptState, Recipient, Ret,
+};
 
 /// Longest last reply shown per recipient in the list.
 const REPLY_WIDTH: usize = 70;
@@ -237,7 +239,60 @@ fn attempt(out: &mut String, a: &Attempt, now: u64) {
             let _ = writeln!(out, "{p}TLS:          none");
         }
     }
+    if let Some(auth) = &a.auth {
+        auth_facts(out, auth);
+    }
     let _ = writeln!(out, "{p}Reply:        {}", safe(a.reply.trim()));
+}
+
+/// How the host was authenticated and the DNS / policy facts behind it (A5).
+fn auth_facts(out: &mut String, auth: &AuthFacts) {
+    let p = "      ";
+    let dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_string()
+        } else {
+            safe(s)
+        }
+    };
+    let _ = writeln!(out, "{p}Mechanism:    {}", auth.mechanism);
+    if !auth.basis.is_empty() {
+        let _ = writeln!(out, "{p}Why:          {}", safe(&auth.basis));
+    }
+    let _ = writeln!(
+        out,
+        "{p}DNSSEC:       MX {}, address {}, TLSA {}",
+        dash(&auth.mx_dnssec),
+        dash(&auth.address_dnssec),
+        auth.tlsa
+            .as_ref()
+            .map_or("not looked up".to_string(), |t| dash(&t.dnssec))
+    );
+    if let Some(t) = auth.tlsa.as_ref().filter(|t| !t.records.is_empty()) {
+        let _ = writeln!(out, "{p}TLSA at:      _25._tcp.{}", safe(&t.base_domain));
+        for r in &t.records {
+            let mark = if t.matched.as_deref() == Some(r.as_str()) {
+                "  (matched)"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "{p}  TLSA        {}{mark}", safe(r));
+        }
+    }
+    match &auth.mta_sts {
+        Some(m) => {
+            let _ = writeln!(
+                out,
+                "{p}MTA-STS:      mode {}, id {}, MX {}",
+                safe(&m.mode),
+                safe(&m.id),
+                if m.covered { "covered" } else { "not covered" }
+            );
+        }
+        None => {
+            let _ = writeln!(out, "{p}MTA-STS:      no policy");
+        }
+    }
 }
 
 /// One message with everything the spool knows about it.

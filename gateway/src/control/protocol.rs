@@ -13,7 +13,9 @@ use crate::spool::record::Envelope;
 /// The version of this protocol. Bump it whenever [`Request`], [`Command`] or
 /// [`Response`] (including the [`Envelope`] record they carry) change shape.
 /// 2: the TLS facts in [`Envelope`] carry the TLS profile and the peer key.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: attempts carry the verdict `verified` and their authentication facts
+/// (mechanism, DNSSEC status, TLSA, MTA-STS; spool record version 3).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The largest frame either side accepts (the payload, without the length prefix).
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;

@@ -44,6 +44,7 @@ fn envelope(id: &str) -> Envelope {
             "certificate does not match the MX host name {}",
             "x".repeat(100)
         ),
+        auth: None,
     });
     let mut delivered = Recipient::new("carol@example.net".into(), None, None, NOW);
     delivered.state = RcptState::Delivered;
@@ -55,6 +56,7 @@ fn envelope(id: &str) -> Envelope {
         tls: None,
         verdict: Some(TransportVerdict::Plaintext),
         reply: "250 2.0.0 Ok: queued".into(),
+        auth: None,
     });
     Envelope {
         record_version: RECORD_VERSION,

@@ -35,13 +35,14 @@
 //! reply verbatim and its enhanced status code (or one we derive: 4.4.1 no answer,
 //! 4.4.2 connection lost, 4.4.3 DNS, 4.7.5 TLS level not met, 5.1.2, 5.1.10...).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{
     AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
 };
@@ -55,11 +56,18 @@ use super::protocol::{
 };
 use super::{ContentSource, DeliveryReport, DeliveryRequest, RcptOutcome, Transport};
 use crate::config::{Config, Level};
-use crate::dns::{DnsSetupError, MxResult, Resolver};
-use crate::policy::{self, Action, Inputs, TlsOutcome};
-use crate::spool::record::{now_secs, Attempt, BodyType, Ret, TlsFacts, TransportVerdict};
+use crate::dane::{
+    self, DaneOutcome, DaneRequirement, DaneVerifier, OutcomeSlot, Precondition, TlsaAnswer,
+    TlsaMismatch, UsableTlsa,
+};
+use crate::dns::{DnsSetupError, MxResult, Resolver, Security};
+use crate::mtasts::{self, MtaSts, PolicyLookup};
+use crate::policy::{self, Action, Decision, Established, HostFacts, Inputs, Plan, TlsOutcome};
+use crate::spool::record::{
+    now_secs, Attempt, AuthFacts, BodyType, Mechanism, MtaStsFacts, Ret, TlsFacts, TlsaFacts,
+    TransportVerdict,
+};
 use crate::tls::client::{session_facts, ClientTls, TlsFailure, TlsSetupError};
-use crate::tls::profile::Profile;
 
 /// Bytes of content read (and then dot-stuffed and written) at a time while DATA is
 /// sent: with the encoded copy, what one attempt holds of a message.
@@ -80,6 +88,54 @@ pub struct Target {
     pub addrs: Vec<IpAddr>,
 }
 
+/// The DNS facts of one delivery, already resolved: where the real path's DNS
+/// steps end and the decisions begin. Tests build one directly (standing in for a
+/// signed zone), the real path fills it from the resolver ([`Deliverer::attempt`]);
+/// everything after it is the same code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// DNSSEC status of the MX RRset (of the address answer for an implicit MX).
+    pub mx_security: Security,
+    /// The hosts in the order to try them.
+    pub hosts: Vec<RouteHost>,
+}
+
+/// One MX host with its addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteHost {
+    pub mx: String,
+    pub addrs: Vec<IpAddr>,
+    /// DNSSEC status of the A/AAAA answers, CNAMEs included.
+    pub address_security: Security,
+    /// The CNAME target the address lookup followed, only when every link of the
+    /// chain was DNSSEC-secure (the first TLSA base domain to try, D3).
+    pub secure_cname: Option<String>,
+}
+
+/// Where TLSA answers come from: the resolver, or a table (tests).
+#[derive(Debug, Clone, Copy)]
+pub enum TlsaSource<'a> {
+    Dns(&'a Resolver),
+    /// Answers by query name (`_25._tcp.<host>.`); a missing name is a failed lookup.
+    Fixed(&'a HashMap<String, TlsaAnswer>),
+}
+
+impl TlsaSource<'_> {
+    async fn answer(&self, qname: &str) -> TlsaAnswer {
+        match self {
+            TlsaSource::Dns(resolver) => resolver.resolve_tlsa(qname).await,
+            TlsaSource::Fixed(table) => {
+                table
+                    .get(qname)
+                    .cloned()
+                    .unwrap_or_else(|| TlsaAnswer::Failed {
+                        reason: "no answer".into(),
+                    })
+            }
+        }
+    }
+}
+
 /// The real transport: SMTP to the recipient domain's mail servers. Built once at
 /// start; cheap to share (`Arc<Deliverer>`) between concurrent deliveries.
 pub struct Deliverer {
@@ -87,6 +143,8 @@ pub struct Deliverer {
     resolver: Resolver,
     tls: ClientTls,
     helo: String,
+    /// MTA-STS policies (RFC 8461); `None`: not consulted.
+    mta_sts: Option<Arc<MtaSts>>,
 }
 
 impl std::fmt::Debug for Deliverer {
@@ -94,6 +152,7 @@ impl std::fmt::Debug for Deliverer {
         f.debug_struct("Deliverer")
             .field("helo", &self.helo)
             .field("resolver", &self.resolver)
+            .field("mta_sts", &self.mta_sts.is_some())
             .finish()
     }
 }
@@ -242,6 +301,7 @@ impl Conn {
 
 impl Deliverer {
     /// Build the resolver and the TLS client configurations (roots loaded once).
+    /// MTA-STS is off until [`Deliverer::with_mta_sts`].
     pub fn new(config: Arc<Config>) -> Result<Deliverer, DeliverSetupError> {
         let resolver = Resolver::from_config(&config.dns)?;
         let tls = ClientTls::from_config(&config.tls)?;
@@ -251,33 +311,79 @@ impl Deliverer {
             resolver,
             tls,
             helo,
+            mta_sts: None,
         })
     }
 
-    /// One attempt for the request's domain (the [`Transport`] implementation).
+    /// Apply recipient domains' MTA-STS policies (E5-E7) from this service.
+    pub fn with_mta_sts(mut self, mta_sts: Arc<MtaSts>) -> Deliverer {
+        self.mta_sts = Some(mta_sts);
+        self
+    }
+
+    /// The resolver deliveries use (to share it with the MTA-STS service).
+    pub fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
+
+    /// One attempt for the request's domain (the [`Transport`] implementation):
+    /// MX and addresses, the MTA-STS policy, then [`Deliverer::deliver_route`]
+    /// (which looks up TLSA records per host).
     pub async fn attempt(&self, req: DeliveryRequest) -> DeliveryReport {
-        let targets = match self.route(&req.domain).await {
-            Ok(t) => t,
+        let route = match self.resolve_route(&req.domain).await {
+            Ok(r) => r,
             Err((permanent, status, reason)) => {
-                let attempt = attempt_record("", "", None, None, reason.clone());
+                let attempt = attempt_record("", "", None, None, reason.clone(), None);
                 let report = all_same(&req, permanent, &status, &reason, attempt);
                 log_attempt(&req, &report);
                 return report;
             }
         };
-        let report = self.deliver_to(&req, &targets).await;
+        let sts = self.mta_sts_policy(&req).await;
+        let report = self
+            .deliver_route(&req, &route, &sts, TlsaSource::Dns(&self.resolver))
+            .await;
         log_attempt(&req, &report);
         report
     }
 
-    /// Where to connect: an address literal, or the MX hosts with their addresses.
+    /// The recipient domain's MTA-STS policy; a failed lookup delivers as without
+    /// a policy (RFC 8461 section 5), which is logged for TLS-RPT.
+    async fn mta_sts_policy(&self, req: &DeliveryRequest) -> PolicyLookup {
+        let Some(service) = &self.mta_sts else {
+            return PolicyLookup::None;
+        };
+        if address_literal(&req.domain).is_some() {
+            return PolicyLookup::None;
+        }
+        let lookup = service.policy_for(&req.domain).await;
+        if let PolicyLookup::TempFail {
+            reason,
+            rpt_result_type,
+        } = &lookup
+        {
+            tracing::warn!(
+                queue_id = %req.id, domain = %req.domain, rpt = %rpt_result_type,
+                "MTA-STS policy unavailable ({reason}); delivering as without a policy"
+            );
+        }
+        lookup
+    }
+
+    /// Where to connect: an address literal, or the MX hosts with their addresses
+    /// and the DNSSEC status of each answer.
     /// Err = (permanent, status, reason) when there is no host to try.
-    async fn route(&self, domain: &str) -> Result<Vec<Target>, (bool, String, String)> {
+    async fn resolve_route(&self, domain: &str) -> Result<Route, (bool, String, String)> {
         if let Some(ip) = address_literal(domain) {
-            return Ok(vec![Target {
-                mx: domain.to_string(),
-                addrs: vec![ip],
-            }]);
+            return Ok(Route {
+                mx_security: Security::Unvalidated,
+                hosts: vec![RouteHost {
+                    mx: domain.to_string(),
+                    addrs: vec![ip],
+                    address_security: Security::Unvalidated,
+                    secure_cname: None,
+                }],
+            });
         }
         let mx = self.resolver.resolve_mx(domain).await;
         if let Some((permanent, status, reason)) = mx.failure(domain) {
@@ -287,39 +393,49 @@ impl Deliverer {
             hosts,
             addresses,
             implicit,
-            ..
+            security: mx_security,
         } = mx
         else {
             return Err((false, "4.4.3".into(), format!("no MX hosts for {domain}")));
         };
-        let mut targets = Vec::new();
+        let mut route = Vec::new();
         let mut temp_errors = Vec::new();
         for host in hosts {
-            let addrs = if let Some(ip) = host.literal {
+            let (addrs, address_security, secure_cname) = if let Some(ip) = host.literal {
                 tracing::warn!(domain, mx = %host.name, "MX exchange is an IP address (RFC 2181 10.3); using it");
-                vec![ip]
+                (vec![ip], Security::Unvalidated, None)
             } else if implicit {
-                addresses.clone()
+                (addresses.clone(), mx_security, None)
             } else {
                 let found = self.resolver.resolve_addrs(&host.name).await;
                 if let Some(canonical) = &found.canonical {
-                    tracing::debug!(domain, mx = %host.name, canonical, "MX host is an alias (CNAME)");
+                    tracing::debug!(domain, mx = %host.name, canonical, secure = found.canonical_secure, "MX host is an alias (CNAME)");
                 }
-                if let Some(e) = found.temp_error.filter(|_| found.addrs.is_empty()) {
-                    temp_errors.push(format!("{}: {e}", host.name));
+                if found.addrs.is_empty() {
+                    if matches!(found.security, Security::Bogus | Security::Indeterminate) {
+                        temp_errors.push(format!(
+                            "{}: the address answer is {} (DNSSEC)",
+                            host.name, found.security
+                        ));
+                    } else if let Some(e) = &found.temp_error {
+                        temp_errors.push(format!("{}: {e}", host.name));
+                    }
                 }
-                found.addrs
+                let cname = found.canonical.filter(|_| found.canonical_secure);
+                (found.addrs, found.security, cname)
             };
             if addrs.is_empty() {
                 tracing::info!(domain, mx = %host.name, "MX host has no address; skipped");
                 continue;
             }
-            targets.push(Target {
+            route.push(RouteHost {
                 mx: host.name,
                 addrs,
+                address_security,
+                secure_cname,
             });
         }
-        if targets.is_empty() {
+        if route.is_empty() {
             let reason = if temp_errors.is_empty() {
                 format!("no MX host of {domain} has an address")
             } else {
@@ -335,26 +451,125 @@ impl Deliverer {
             };
             return Err((false, status.into(), reason));
         }
-        Ok(targets)
+        Ok(Route {
+            mx_security,
+            hosts: route,
+        })
     }
 
-    /// Try the targets in order until one carries the transaction.
+    /// Try the targets in order, with no DNSSEC, TLSA or MTA-STS facts (the
+    /// delivery of the release before; tests of the SMTP conversation).
+    #[cfg(test)]
     pub(crate) async fn deliver_to(
         &self,
         req: &DeliveryRequest,
         targets: &[Target],
     ) -> DeliveryReport {
+        let route = Route {
+            mx_security: Security::Unvalidated,
+            hosts: targets
+                .iter()
+                .map(|t| RouteHost {
+                    mx: t.mx.clone(),
+                    addrs: t.addrs.clone(),
+                    address_security: Security::Unvalidated,
+                    secure_cname: None,
+                })
+                .collect(),
+        };
+        let no_tlsa = HashMap::new();
+        self.deliver_route(
+            req,
+            &route,
+            &PolicyLookup::None,
+            TlsaSource::Fixed(&no_tlsa),
+        )
+        .await
+    }
+
+    /// Everything after the MX and address lookups, per host in order: the TLSA
+    /// lookup (D2-D4), [`policy::plan`], the connection, [`policy::decide`].
+    /// The first host that carries the transaction ends the attempt; when none
+    /// does, the message is deferred with the last host's reason.
+    pub async fn deliver_route(
+        &self,
+        req: &DeliveryRequest,
+        route: &Route,
+        sts: &PolicyLookup,
+        tlsa: TlsaSource<'_>,
+    ) -> DeliveryReport {
+        let dane_only = self.config.dane_only(&req.domain);
         let mut last: Option<HostFailure> = None;
-        for target in targets {
-            for ip in &target.addrs {
-                let mut end = self.session(req, &target.mx, *ip, None).await;
+        for host in &route.hosts {
+            let (dane, tlsa_facts) = host_requirement(host, route.mx_security, tlsa).await;
+            let mta_sts = mtasts::check_mx(sts.policy(), &host.mx);
+            let facts = HostFacts {
+                domain: &req.domain,
+                host: &host.mx,
+                required: req.level,
+                dane_only,
+                mx_security: route.mx_security,
+                address_security: host.address_security,
+                dane: &dane,
+                mta_sts,
+            };
+            let auth = AuthFacts {
+                mechanism: Mechanism::None,
+                basis: String::new(),
+                mx_dnssec: route.mx_security.as_str().into(),
+                address_dnssec: host.address_security.as_str().into(),
+                tlsa: tlsa_facts,
+                mta_sts: match sts {
+                    PolicyLookup::Found { policy, id, .. } => Some(MtaStsFacts {
+                        id: id.clone(),
+                        mode: policy.mode.as_str().into(),
+                        covered: mta_sts.covered,
+                    }),
+                    _ => None,
+                },
+            };
+            let use_dane = match policy::plan(&facts) {
+                Plan::DeferDomain { status, reason } => {
+                    tracing::warn!(queue_id = %req.id, mx = %host.mx, status, "domain deferred: {reason}");
+                    let attempt =
+                        attempt_record(&host.mx, "", None, None, reason.clone(), Some(auth));
+                    return all_same(req, false, status, &reason, attempt);
+                }
+                Plan::SkipHost { status, reason } => {
+                    tracing::info!(queue_id = %req.id, mx = %host.mx, status, "host not used: {reason}");
+                    last = Some(HostFailure {
+                        status: status.to_string(),
+                        attempt: attempt_record(&host.mx, "", None, None, reason, Some(auth)),
+                    });
+                    continue;
+                }
+                Plan::Connect { dane } => dane,
+            };
+            let dane_keys = match (&dane, use_dane) {
+                (
+                    DaneRequirement::Authenticate {
+                        base_domain,
+                        usable,
+                        ..
+                    },
+                    true,
+                ) => Some((base_domain.as_str(), usable)),
+                _ => None,
+            };
+            let ctx = HostCtx {
+                facts,
+                auth,
+                dane: dane_keys,
+            };
+            for ip in &host.addrs {
+                let mut end = self.session(req, &ctx, *ip, None).await;
                 if let SessionEnd::RetryPlaintext(failure, tls_failure) = end {
                     tracing::info!(
-                        queue_id = %req.id, mx = %target.mx, ip = %ip,
+                        queue_id = %req.id, mx = %host.mx, ip = %ip,
                         "TLS failed ({}); level may: retrying without TLS (RFC 7435)",
                         failure.attempt.reply
                     );
-                    end = self.session(req, &target.mx, *ip, Some(tls_failure)).await;
+                    end = self.session(req, &ctx, *ip, Some(tls_failure)).await;
                 }
                 match end {
                     SessionEnd::Done(outcomes, attempt) => {
@@ -362,7 +577,7 @@ impl Deliverer {
                     }
                     SessionEnd::NextHost(f) | SessionEnd::RetryPlaintext(f, _) => {
                         tracing::info!(
-                            queue_id = %req.id, mx = %target.mx, ip = %ip, status = %f.status,
+                            queue_id = %req.id, mx = %host.mx, ip = %ip, status = %f.status,
                             "host not used: {}", f.attempt.reply
                         );
                         last = Some(f);
@@ -377,7 +592,7 @@ impl Deliverer {
             }
             None => {
                 let reason = format!("no host to deliver to for {}", req.domain);
-                let attempt = attempt_record("", "", None, None, reason.clone());
+                let attempt = attempt_record("", "", None, None, reason.clone(), None);
                 all_same(req, false, "4.4.4", &reason, attempt)
             }
         }
@@ -388,10 +603,11 @@ impl Deliverer {
     async fn session(
         &self,
         req: &DeliveryRequest,
-        mx: &str,
+        ctx: &HostCtx<'_>,
         ip: IpAddr,
         plaintext_retry: Option<TlsFailure>,
     ) -> SessionEnd {
+        let mx = ctx.facts.host;
         let d = &self.config.delivery;
         let cmd = d.command_timeout;
         let addr = SocketAddr::new(ip, d.port);
@@ -399,12 +615,14 @@ impl Deliverer {
         let fail = |status: &str,
                     reply: String,
                     tls: Option<TlsFacts>,
-                    verdict: Option<TransportVerdict>| {
+                    verdict: Option<TransportVerdict>,
+                    auth: AuthFacts| {
             SessionEnd::NextHost(HostFailure {
                 status: status.to_string(),
-                attempt: attempt_record(mx, &ip_s, tls, verdict, reply),
+                attempt: attempt_record(mx, &ip_s, tls, verdict, reply, Some(auth)),
             })
         };
+        let base_auth = || ctx.auth.clone();
 
         // Connect and greeting.
         let tcp = match timeout(d.connect_timeout, TcpStream::connect(addr)).await {
@@ -415,6 +633,7 @@ impl Deliverer {
                     format!("cannot connect to {mx}[{ip}]:{}: {e}", d.port),
                     None,
                     None,
+                    base_auth(),
                 )
             }
             Err(_) => {
@@ -426,6 +645,7 @@ impl Deliverer {
                     ),
                     None,
                     None,
+                    base_auth(),
                 )
             }
         };
@@ -433,7 +653,7 @@ impl Deliverer {
         let mut conn = Conn::Plain(BufReader::new(tcp));
         let greeting = match conn.read_reply("to the greeting", cmd).await {
             Ok(r) => r,
-            Err(e) => return fail("4.4.2", format!("{mx}[{ip}]: {e}"), None, None),
+            Err(e) => return fail("4.4.2", format!("{mx}[{ip}]: {e}"), None, None, base_auth()),
         };
         if !greeting.is_positive() {
             // RFC 5321 3.1: a 554 (or 4xx) greeting means no service here; try the next MX.
@@ -443,6 +663,7 @@ impl Deliverer {
                 format!("{mx}[{ip}] greeting: {greeting}"),
                 None,
                 None,
+                base_auth(),
             );
         }
 
@@ -451,7 +672,13 @@ impl Deliverer {
             Ok(c) => c,
             Err((status, reply)) => {
                 conn.quit().await;
-                return fail(&status, format!("{mx}[{ip}]: {reply}"), None, None);
+                return fail(
+                    &status,
+                    format!("{mx}[{ip}]: {reply}"),
+                    None,
+                    None,
+                    base_auth(),
+                );
             }
         };
 
@@ -461,15 +688,11 @@ impl Deliverer {
         let tls_outcome = match plaintext_retry {
             Some(f) => TlsOutcome::PlaintextRetry(f),
             None if policy::use_starttls(caps.starttls) => {
-                match self
-                    .start_tls(conn, req.level, req.tls_profile, &server_name, cmd)
-                    .await
-                {
-                    Ok((c, f, pkix)) => {
+                match self.start_tls(conn, req, ctx, &server_name, cmd).await {
+                    Ok((c, f, established)) => {
                         conn = c;
-                        let version = f.version.clone();
                         facts = Some(f);
-                        TlsOutcome::Established { version, pkix }
+                        TlsOutcome::Established(established)
                     }
                     Err((c, f)) => {
                         if let Some(mut c) = c {
@@ -477,23 +700,37 @@ impl Deliverer {
                         }
                         // The connection is no longer usable after a failed handshake.
                         let decision = policy::decide(&Inputs {
-                            host: mx,
-                            required: req.level,
+                            facts: ctx.facts.clone(),
                             starttls_offered: true,
                             tls: TlsOutcome::Failed(f.clone()),
                         });
+                        let auth = evidence(ctx, &decision, None);
                         return match decision.action {
                             Action::RetryPlaintext { reason } => SessionEnd::RetryPlaintext(
                                 HostFailure {
                                     status: "4.7.5".into(),
-                                    attempt: attempt_record(mx, &ip_s, None, None, reason),
+                                    attempt: attempt_record(
+                                        mx,
+                                        &ip_s,
+                                        None,
+                                        None,
+                                        reason,
+                                        Some(auth),
+                                    ),
                                 },
                                 f,
                             ),
-                            Action::SkipHost { status, reason } => fail(status, reason, None, None),
-                            Action::Send => {
-                                fail("4.7.5", format!("{mx}[{ip}]: TLS failed: {f}"), None, None)
+                            Action::SkipHost { status, reason }
+                            | Action::DeferDomain { status, reason } => {
+                                fail(status, reason, None, None, auth)
                             }
+                            Action::Send => fail(
+                                "4.7.5",
+                                format!("{mx}[{ip}]: TLS failed: {f}"),
+                                None,
+                                None,
+                                auth,
+                            ),
                         };
                     }
                 }
@@ -502,29 +739,49 @@ impl Deliverer {
         };
 
         // The decision for this host.
+        let dane_outcome = match &tls_outcome {
+            TlsOutcome::Established(e) => e.dane.clone(),
+            _ => None,
+        };
         let decision = policy::decide(&Inputs {
-            host: mx,
-            required: req.level,
+            facts: ctx.facts.clone(),
             starttls_offered: caps.starttls,
             tls: tls_outcome,
         });
+        if let Some(report) = &decision.report {
+            tracing::warn!(queue_id = %req.id, mx, ip = %ip, "policy failure to report (TLS-RPT): {report}");
+        }
+        let auth = evidence(ctx, &decision, dane_outcome.as_ref());
         let verdict = match decision.action {
             Action::Send => decision.verdict,
-            Action::SkipHost { status, reason } => {
+            Action::SkipHost { status, reason } | Action::DeferDomain { status, reason } => {
                 conn.quit().await;
-                return fail(status, reason, facts, decision.verdict);
+                return fail(status, reason, facts, decision.verdict, auth);
             }
             Action::RetryPlaintext { reason } => {
                 conn.quit().await;
                 return SessionEnd::RetryPlaintext(
                     HostFailure {
                         status: "4.7.5".into(),
-                        attempt: attempt_record(mx, &ip_s, facts, decision.verdict, reason.clone()),
+                        attempt: attempt_record(
+                            mx,
+                            &ip_s,
+                            facts,
+                            decision.verdict,
+                            reason.clone(),
+                            Some(auth),
+                        ),
                     },
                     TlsFailure::Other(reason),
                 );
             }
         };
+        tracing::debug!(
+            queue_id = %req.id, mx, ip = %ip,
+            verdict = verdict.map(|v| v.as_str()).unwrap_or("none"),
+            mechanism = %auth.mechanism,
+            "host accepted: {}", auth.basis
+        );
 
         // RFC 3207 4.2: after TLS, discard what the server said before and ask again.
         if matches!(conn, Conn::Tls(_)) {
@@ -540,9 +797,10 @@ impl Deliverer {
                         format!("{mx}[{ip}] EHLO after STARTTLS: {r}"),
                         facts,
                         verdict,
+                        auth,
                     );
                 }
-                Err(e) => return fail("4.4.2", format!("{mx}[{ip}]: {e}"), facts, verdict),
+                Err(e) => return fail("4.4.2", format!("{mx}[{ip}]: {e}"), facts, verdict, auth),
             };
         }
 
@@ -554,7 +812,7 @@ impl Deliverer {
         }
         SessionEnd::Done(
             end.outcomes,
-            attempt_record(mx, &ip_s, facts, verdict, end.reply),
+            attempt_record(mx, &ip_s, facts, verdict, end.reply, Some(auth)),
         )
     }
 
@@ -588,16 +846,55 @@ impl Deliverer {
         Err((r.status(), format!("EHLO refused: {r}")))
     }
 
-    /// STARTTLS and the handshake with `profile`. Ok = (TLS connection, facts, PKIX
-    /// result); Err = (the plain connection if still usable, why).
+    /// STARTTLS and the handshake with the request's TLS profile. A DANE host is
+    /// judged by a [`DaneVerifier`] inside the handshake (SNI = TLSA base domain,
+    /// D10); any other host's chain is accepted in the handshake (its signature
+    /// always checked) and PKIX is judged afterwards, for the MX name and for
+    /// names within the recipient domain. Ok = (TLS connection, facts, what the
+    /// session established); Err = (the plain connection if still usable, why).
     async fn start_tls(
         &self,
         mut conn: Conn,
-        level: Level,
-        profile: Profile,
+        req: &DeliveryRequest,
+        ctx: &HostCtx<'_>,
         server_name: &ServerName<'static>,
         cmd: Duration,
-    ) -> Result<(Conn, TlsFacts, Result<(), TlsFailure>), (Option<Conn>, TlsFailure)> {
+    ) -> Result<(Conn, TlsFacts, Established), (Option<Conn>, TlsFailure)> {
+        let profile = req.tls_profile;
+        let mx = ctx.facts.host;
+        // The connector first: a DANE verifier that cannot be built fails here,
+        // before STARTTLS.
+        let (connector, connect_name, slot) = match ctx.dane {
+            Some((base_domain, usable)) => {
+                let tls_profile = self.tls.profile(profile);
+                let slot = OutcomeSlot::new();
+                let built = DaneVerifier::new(
+                    usable,
+                    base_domain,
+                    mx,
+                    tls_profile.provider(),
+                    slot.clone(),
+                )
+                .map_err(|e| e.to_string())
+                .and_then(|v| {
+                    let v = v.with_leaf_check(Arc::new(move |leaf| tls_profile.check_leaf(leaf)));
+                    let name = v.server_name();
+                    tls_profile
+                        .client_config(Arc::new(v))
+                        .map(|cfg| (cfg, name))
+                        .map_err(|e| e.to_string())
+                });
+                match built {
+                    Ok((cfg, name)) => (TlsConnector::from(cfg), name, Some(slot)),
+                    Err(e) => return Err((Some(conn), TlsFailure::Other(e))),
+                }
+            }
+            None => (
+                TlsConnector::from(self.tls.config(Level::Encrypted, profile)),
+                server_name.clone(),
+                None,
+            ),
+        };
         let reply = match conn.command("STARTTLS", "to STARTTLS", cmd).await {
             Ok(r) => r,
             Err(e) => return Err((None, TlsFailure::Other(e.to_string()))),
@@ -622,10 +919,15 @@ impl Deliverer {
             ));
         }
         let tcp = reader.into_inner();
-        let connector = TlsConnector::from(self.tls.config(level, profile));
-        let stream = match timeout(cmd, connector.connect(server_name.clone(), tcp)).await {
+        let stream = match timeout(cmd, connector.connect(connect_name, tcp)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err((None, TlsFailure::from_handshake(&e, profile))),
+            Ok(Err(e)) => {
+                let failure = match TlsaMismatch::find_in_io(&e) {
+                    Some(m) => TlsFailure::Other(m.to_string()),
+                    None => TlsFailure::from_handshake(&e, profile),
+                };
+                return Err((None, failure));
+            }
             Err(_) => {
                 return Err((
                     None,
@@ -634,17 +936,27 @@ impl Deliverer {
             }
         };
         let (_, session) = stream.get_ref();
-        let pkix = if level >= Level::Trusted {
-            // The handshake itself verified PKIX and the name; it would have failed otherwise.
-            Ok(())
-        } else {
-            match session.peer_certificates() {
-                Some(chain) => self.tls.pkix_check(chain, server_name),
-                None => Err(TlsFailure::NotTrusted),
-            }
+        let chain = session.peer_certificates();
+        let pkix = match chain {
+            Some(chain) => self.tls.pkix_check(chain, server_name),
+            None => Err(TlsFailure::NotTrusted),
+        };
+        let name_in_domain = match (chain, &slot) {
+            (Some(chain), None) => name_in_domain(&self.tls, chain, &req.domain),
+            _ => None,
         };
         let facts = session_facts(session, pkix.is_ok(), profile);
-        Ok((Conn::Tls(Box::new(BufReader::new(stream))), facts, pkix))
+        let established = Established {
+            version: facts.version.clone(),
+            pkix,
+            name_in_domain,
+            dane: slot.and_then(|s| s.get()),
+        };
+        Ok((
+            Conn::Tls(Box::new(BufReader::new(stream))),
+            facts,
+            established,
+        ))
     }
 
     /// MAIL, RCPT, DATA.
@@ -1001,12 +1313,109 @@ fn server_name_for(mx: &str, ip: IpAddr) -> ServerName<'static> {
     ServerName::try_from(mx.to_string()).unwrap_or_else(|_| ServerName::IpAddress(ip.into()))
 }
 
+/// Everything known about one host before connecting.
+struct HostCtx<'a> {
+    facts: HostFacts<'a>,
+    /// The evidence so far (DNS, TLSA, MTA-STS); the outcome is added per session.
+    auth: AuthFacts,
+    /// DANE authenticates this host: (TLSA base domain, usable records).
+    dane: Option<(&'a str, &'a UsableTlsa)>,
+}
+
+/// What DANE requires of a host (D2-D4): the TLSA lookups made in order (only
+/// when the MX and address answers are secure), and the evidence of the last.
+async fn host_requirement(
+    host: &RouteHost,
+    mx_security: Security,
+    source: TlsaSource<'_>,
+) -> (DaneRequirement, Option<TlsaFacts>) {
+    match dane::precondition(&host.mx, mx_security, host.address_security) {
+        Precondition::LookUpTlsa => {}
+        Precondition::NotApplicable { reason }
+        | Precondition::SkipHost { reason, .. }
+        | Precondition::DeferDomain { reason, .. } => {
+            return (DaneRequirement::None { reason }, None)
+        }
+    }
+    let mut answers = Vec::new();
+    let mut facts = None;
+    for candidate in dane::tlsa_candidates(&host.mx, host.secure_cname.as_deref()) {
+        let answer = source.answer(&candidate.qname).await;
+        facts = Some(tlsa_facts(&candidate.base_domain, &answer));
+        let ends = dane::tlsa_step(&candidate, answer.clone()).is_some();
+        answers.push((candidate, answer));
+        if ends {
+            break;
+        }
+    }
+    (dane::requirement(answers), facts)
+}
+
+/// The evidence of one TLSA answer.
+fn tlsa_facts(base_domain: &str, answer: &TlsaAnswer) -> TlsaFacts {
+    let (dnssec, records) = match answer {
+        TlsaAnswer::Secure(set) => (
+            "secure".to_string(),
+            set.records().iter().map(|r| r.to_string()).collect(),
+        ),
+        TlsaAnswer::SecureDenial => ("secure denial".to_string(), Vec::new()),
+        TlsaAnswer::Insecure => ("insecure".to_string(), Vec::new()),
+        TlsaAnswer::Failed { reason } => (format!("failed: {reason}"), Vec::new()),
+    };
+    TlsaFacts {
+        dnssec,
+        base_domain: base_domain.to_string(),
+        records,
+        matched: None,
+    }
+}
+
+/// The host's evidence with the decision's mechanism and the matched TLSA record.
+fn evidence(ctx: &HostCtx<'_>, decision: &Decision, dane: Option<&DaneOutcome>) -> AuthFacts {
+    let mut auth = ctx.auth.clone();
+    auth.mechanism = decision.mechanism;
+    auth.basis = decision.basis.clone();
+    if let (Some(t), Some(o)) = (auth.tlsa.as_mut(), dane) {
+        t.matched = Some(o.record.to_string());
+    }
+    auth
+}
+
+/// A certificate name, PKIX-valid, equal to the recipient `domain` or a subdomain
+/// of it (standards.md A3, Postfix `secure` with nexthop:dot-nexthop). The names
+/// are the certificate's DNS subject alternative names; each candidate is then
+/// checked by PKIX (chain, dates, name) like any server name. A wildcard
+/// `*.<base>` counts when `<base>` is within the domain.
+fn name_in_domain(tls: &ClientTls, chain: &[CertificateDer<'_>], domain: &str) -> Option<String> {
+    if address_literal(domain).is_some() {
+        return None;
+    }
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let leaf = chain.first()?;
+    let names: Vec<String> = webpki::EndEntityCert::try_from(leaf)
+        .ok()?
+        .valid_dns_names()
+        .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+        .collect();
+    let within = |name: &str| name == domain || name.ends_with(&format!(".{domain}"));
+    names.into_iter().find(|name| {
+        let probe = match name.strip_prefix("*.") {
+            Some(base) if within(base) => format!("qrelay-check.{base}"),
+            Some(_) => return false,
+            None if within(name) => name.clone(),
+            None => return false,
+        };
+        ServerName::try_from(probe).is_ok_and(|sn| tls.pkix_check(chain, &sn).is_ok())
+    })
+}
+
 fn attempt_record(
     mx: &str,
     ip: &str,
     tls: Option<TlsFacts>,
     verdict: Option<TransportVerdict>,
     reply: String,
+    auth: Option<AuthFacts>,
 ) -> Attempt {
     Attempt {
         at: now_secs(),
@@ -1015,6 +1424,7 @@ fn attempt_record(
         tls,
         verdict,
         reply,
+        auth,
     }
 }
 
@@ -1046,6 +1456,7 @@ fn all_same(
 fn log_attempt(req: &DeliveryRequest, report: &DeliveryReport) {
     let a = &report.attempt;
     let tls = a.tls.as_ref();
+    let auth = a.auth.as_ref();
     let (mut delivered, mut deferred, mut failed) = (0, 0, 0);
     for o in &report.outcomes {
         match o {
@@ -1070,6 +1481,14 @@ fn log_attempt(req: &DeliveryRequest, report: &DeliveryReport) {
         peer_key_bits = tls.and_then(|t| t.peer_key_bits).unwrap_or(0),
         pkix = tls.is_some_and(|t| t.pkix_verified),
         verdict = a.verdict.map(|v| v.as_str()).unwrap_or("none"),
+        mechanism = auth.map(|x| x.mechanism.as_str()).unwrap_or("none"),
+        mx_dnssec = auth.map(|x| x.mx_dnssec.as_str()).unwrap_or(""),
+        address_dnssec = auth.map(|x| x.address_dnssec.as_str()).unwrap_or(""),
+        tlsa = auth.and_then(|x| x.tlsa.as_ref()).map(|t| t.dnssec.as_str()).unwrap_or("not looked up"),
+        tlsa_matched = auth.and_then(|x| x.tlsa.as_ref()).and_then(|t| t.matched.as_deref()).unwrap_or(""),
+        mta_sts_mode = auth.and_then(|x| x.mta_sts.as_ref()).map(|m| m.mode.as_str()).unwrap_or("none"),
+        mta_sts_id = auth.and_then(|x| x.mta_sts.as_ref()).map(|m| m.id.as_str()).unwrap_or(""),
+        basis = auth.map(|x| x.basis.as_str()).unwrap_or(""),
         delivered,
         deferred,
         failed,

@@ -12,7 +12,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 ///
 /// 2: [`TlsFacts`] gained `profile`, `peer_key_type` and `peer_key_bits`. No
 /// version 1 spool was ever deployed, so there is no migration.
-pub const RECORD_VERSION: u16 = 2;
+/// 3: [`TransportVerdict::Verified`]; [`Attempt`] gained `auth` ([`AuthFacts`]: the
+/// mechanism, DNSSEC status of the lookups, TLSA and MTA-STS facts). No version 2
+/// spool was deployed either; recovery quarantines records of other versions.
+pub const RECORD_VERSION: u16 = 3;
 
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> u64 {
@@ -149,11 +152,20 @@ pub struct TlsFacts {
 
 /// What the transport to the recipient server achieved, in the stable vocabulary of
 /// standards.md section H.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Ordered from weakest to strongest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum TransportVerdict {
+    /// No TLS.
     Plaintext,
+    /// TLS >= 1.2 with an accepted suite; the server is not authenticated.
     Encrypted,
+    /// PKIX chain and the MX name in the certificate, but the MX name came from
+    /// unauthenticated DNS (Postfix "Trusted").
     Trusted,
+    /// The MX is authenticated against DNS forgery (standards.md A3): DANE, MTA-STS
+    /// enforce + PKIX, a certificate name within the recipient domain, or PKIX on a
+    /// DNSSEC-secure MX name (Postfix "Verified").
+    Verified,
 }
 
 impl TransportVerdict {
@@ -162,8 +174,88 @@ impl TransportVerdict {
             TransportVerdict::Plaintext => "plaintext",
             TransportVerdict::Encrypted => "encrypted",
             TransportVerdict::Trusted => "trusted",
+            TransportVerdict::Verified => "verified",
         }
     }
+}
+
+/// What authenticated the server (the `mechanism` of the evidence and of
+/// `qrelay check --json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Mechanism {
+    /// Not authenticated (plaintext, or TLS without a verified identity).
+    #[default]
+    None,
+    /// A PKIX chain to a trusted root and a name check (the MX name, or a name
+    /// within the recipient domain).
+    Pkix,
+    /// PKIX on an MX host allowed by the domain's MTA-STS enforce policy.
+    MtaSts,
+    /// A DANE-EE(3) TLSA record matched.
+    DaneEe,
+    /// The chain led to a DANE-TA(2) TLSA record.
+    DaneTa,
+}
+
+impl Mechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mechanism::None => "none",
+            Mechanism::Pkix => "pkix",
+            Mechanism::MtaSts => "mta-sts",
+            Mechanism::DaneEe => "dane-ee",
+            Mechanism::DaneTa => "dane-ta",
+        }
+    }
+}
+
+impl fmt::Display for Mechanism {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the MX host of an attempt was (or was not) authenticated, and the DNS and
+/// policy facts the decision rested on (standards.md A5).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AuthFacts {
+    pub mechanism: Mechanism,
+    /// In plain language: what authenticated the host, or what was missing.
+    pub basis: String,
+    /// DNSSEC status of the MX answer: "secure", "insecure", "bogus",
+    /// "indeterminate", "unvalidated" (empty: no MX lookup, e.g. an address literal).
+    pub mx_dnssec: String,
+    /// DNSSEC status of the host's address answer (same words).
+    pub address_dnssec: String,
+    /// The TLSA lookup; `None` when none was made (DANE did not apply).
+    pub tlsa: Option<TlsaFacts>,
+    /// The recipient domain's MTA-STS policy, when one applied.
+    pub mta_sts: Option<MtaStsFacts>,
+}
+
+/// The TLSA answer for one MX host (standards.md A5: "the TLSA RRset and the
+/// matching record").
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TlsaFacts {
+    /// "secure", "secure denial", "insecure", "failed".
+    pub dnssec: String,
+    /// The TLSA base domain (`_25._tcp.<base>`), the SNI under DANE.
+    pub base_domain: String,
+    /// The RRset in presentation form, "usage selector matching hex".
+    pub records: Vec<String>,
+    /// The record that authenticated the server.
+    pub matched: Option<String>,
+}
+
+/// The MTA-STS policy that applied to an attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MtaStsFacts {
+    /// The policy id from the `_mta-sts` TXT record.
+    pub id: String,
+    /// "enforce", "testing" or "none".
+    pub mode: String,
+    /// The MX host matches one of the policy's `mx` patterns.
+    pub covered: bool,
 }
 
 /// One delivery attempt that reached a server (or failed trying).
@@ -177,6 +269,9 @@ pub struct Attempt {
     pub verdict: Option<TransportVerdict>,
     /// The server's reply to this recipient, or our own reason when no reply came.
     pub reply: String,
+    /// How the host was authenticated and the facts behind it; `None` when no host
+    /// was chosen (DNS failure before any host).
+    pub auth: Option<AuthFacts>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use qrelay::config::Config;
 use qrelay::control::{self, ControlHandler};
 use qrelay::deliver::client::Deliverer;
+use qrelay::mtasts::MtaSts;
 use qrelay::queue::Queue;
 use qrelay::spool::Spool;
 use qrelay::system;
@@ -42,6 +43,16 @@ pub async fn run(config: Config) -> Result<()> {
     let tls = qrelay::tls::server::load_or_generate(&config)
         .context("cannot set up the inbound TLS certificate")?;
     let deliverer = Deliverer::new(config.clone()).context("cannot set up delivery")?;
+    // MTA-STS (E4-E7): the policy cache survives restarts; the refresher renews
+    // policies ahead of their expiry. Same resolver and PKIX roots as delivery.
+    let roots = qrelay::mtasts::pkix_roots(config.tls.ca_file.as_deref())
+        .context("cannot load the PKIX roots for MTA-STS")?;
+    let mta_sts = Arc::new(
+        MtaSts::new(&config, deliverer.resolver().clone(), roots)
+            .context("cannot set up MTA-STS")?,
+    );
+    let sts_refresher = mta_sts.spawn_refresher();
+    let deliverer = deliverer.with_mta_sts(mta_sts);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
@@ -92,6 +103,7 @@ pub async fn run(config: Config) -> Result<()> {
     if let Some(w) = watchdog {
         w.abort();
     }
+    sts_refresher.abort();
     let wind_down = async {
         while tasks.join_next().await.is_some() {}
         let _ = scheduler.await;

@@ -519,20 +519,20 @@ async fn trusted_with_ca_signed_certificate() {
     })
     .await;
     let d = deliverer(port, Some(&ca));
-    let report = d
-        .deliver_to(&request(Level::Trusted, &["bob@example.test"]), &local(MX))
-        .await;
+    // A recipient domain the MX name lies outside of: PKIX on the MX name alone,
+    // from unauthenticated DNS, is `trusted` (within the domain it is `verified`,
+    // see a3_pkix_name_within_the_recipient_domain_is_verified).
+    let outside = |level| DeliveryRequest {
+        domain: "customer.test".into(),
+        ..request(level, &["bob@customer.test"])
+    };
+    let report = d.deliver_to(&outside(Level::Trusted), &local(MX)).await;
     assert!(delivered(&report.outcomes[0]), "{report:?}");
     assert_eq!(report.attempt.verdict, Some(TransportVerdict::Trusted));
     assert!(report.attempt.tls.as_ref().unwrap().pkix_verified);
 
     // The same server at level `encrypted` is recorded as PKIX-verifiable too.
-    let report = d
-        .deliver_to(
-            &request(Level::Encrypted, &["bob@example.test"]),
-            &local(MX),
-        )
-        .await;
+    let report = d.deliver_to(&outside(Level::Encrypted), &local(MX)).await;
     assert_eq!(report.attempt.verdict, Some(TransportVerdict::Trusted));
     assert!(report.attempt.tls.as_ref().unwrap().pkix_verified);
 }
@@ -574,9 +574,13 @@ async fn trusted_defers_on_name_mismatch() {
     })
     .await;
     let d = deliverer(port, Some(&ca));
-    let report = d
-        .deliver_to(&request(Level::Trusted, &["bob@example.test"]), &local(MX))
-        .await;
+    // A recipient domain outside the certificate's name (a valid certificate for a
+    // name within the recipient domain would be `verified`, standards.md A3).
+    let outside = |level| DeliveryRequest {
+        domain: "customer.test".into(),
+        ..request(level, &["bob@customer.test"])
+    };
+    let report = d.deliver_to(&outside(Level::Trusted), &local(MX)).await;
     let reply = reply_of(&report.outcomes[0]);
     assert_eq!(status_of(&report.outcomes[0]), "4.7.5");
     assert!(
@@ -585,12 +589,7 @@ async fn trusted_defers_on_name_mismatch() {
     );
 
     // At `encrypted` it is delivered, and the facts say PKIX did not verify.
-    let report = d
-        .deliver_to(
-            &request(Level::Encrypted, &["bob@example.test"]),
-            &local(MX),
-        )
-        .await;
+    let report = d.deliver_to(&outside(Level::Encrypted), &local(MX)).await;
     assert!(delivered(&report.outcomes[0]));
     assert_eq!(report.attempt.verdict, Some(TransportVerdict::Encrypted));
     assert!(!report.attempt.tls.as_ref().unwrap().pkix_verified);
@@ -1150,4 +1149,567 @@ async fn read_error_mid_data_defers_and_leaves_the_data_unfinished() {
     // The connection ended before the final ".": the server has no message, and
     // no QUIT was sent inside the data.
     assert!(log.data.is_none());
+}
+
+// ---------------------------------------------------------------- DANE, MTA-STS, verified
+//
+// DNSSEC from a signed zone is not available here: these tests hand
+// `deliver_route` the DNS facts a validating resolver would have produced (MX and
+// address security, TLSA answers) and an MTA-STS policy, the seam below the DNS
+// step that the real path (`attempt`) goes through as well.
+
+use crate::dane::{Tlsa, TlsaAnswer, TlsaSet};
+use crate::mtasts::{Policy, PolicyLookup};
+use crate::spool::record::Mechanism;
+
+/// Serve `spec` on an already bound listener.
+fn serve(listener: TcpListener, spec: Spec) -> Logs {
+    let logs: Logs = Arc::default();
+    let l = logs.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let spec = spec.clone();
+            let logs = l.clone();
+            tokio::spawn(async move {
+                let log = handle(tcp, &spec).await;
+                logs.lock().unwrap().push(log);
+            });
+        }
+    });
+    logs
+}
+
+/// Two servers on one port (the delivery port is one setting) at 127.0.0.2 and
+/// 127.0.0.3.
+async fn start_pair(a: Spec, b: Spec) -> (u16, Logs, Logs) {
+    for _ in 0..50 {
+        let first = TcpListener::bind("127.0.0.2:0").await.unwrap();
+        let port = first.local_addr().unwrap().port();
+        if let Ok(second) = TcpListener::bind(("127.0.0.3", port)).await {
+            return (port, serve(first, a), serve(second, b));
+        }
+    }
+    panic!("no common free port on 127.0.0.2 and 127.0.0.3");
+}
+
+fn route(hosts: &[(&str, &str)], security: Security) -> Route {
+    Route {
+        mx_security: security,
+        hosts: hosts
+            .iter()
+            .map(|(mx, ip)| RouteHost {
+                mx: mx.to_string(),
+                addrs: vec![ip.parse().unwrap()],
+                address_security: security,
+                secure_cname: None,
+            })
+            .collect(),
+    }
+}
+
+/// The DANE-EE SPKI SHA-256 record ("3 1 1") of a certificate.
+fn dane_ee(cert: &CertificateDer<'_>) -> Tlsa {
+    let (_, spki) = crate::tls::client::cert_fingerprints(cert);
+    format!("3 1 1 {}", spki.unwrap()).parse().unwrap()
+}
+
+fn tlsa_table(entries: Vec<(&str, TlsaAnswer)>) -> HashMap<String, TlsaAnswer> {
+    entries
+        .into_iter()
+        .map(|(host, a)| (format!("_25._tcp.{host}."), a))
+        .collect()
+}
+
+fn sts_found(mode: &str, mx: &str) -> PolicyLookup {
+    PolicyLookup::Found {
+        policy: Policy::parse(
+            format!("version: STSv1\nmode: {mode}\nmx: {mx}\nmax_age: 86400\n").as_bytes(),
+        )
+        .unwrap(),
+        id: "20261122T000000".into(),
+        from_cache: false,
+        fetched_at: std::time::SystemTime::now(),
+    }
+}
+
+fn ca_file(pki: &Pki) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    (dir, ca)
+}
+
+fn auth(report: &DeliveryReport) -> &AuthFacts {
+    report.attempt.auth.as_ref().expect("auth facts")
+}
+
+fn sent_mail(logs: &[Log]) -> bool {
+    logs.iter()
+        .any(|l| l.commands.iter().any(|c| c.starts_with("MAIL")))
+}
+
+#[tokio::test]
+async fn d7_dane_ee_match_is_verified_with_mechanism_dane_ee() {
+    let (cert, key) = self_signed(MX);
+    let record = dane_ee(&cert);
+    let (port, logs) = start(Spec {
+        starttls: Some(server_tls(cert, &key)),
+        ..Default::default()
+    })
+    .await;
+    let d = deliverer(port, None);
+    let tlsa = tlsa_table(vec![(
+        MX,
+        TlsaAnswer::Secure(TlsaSet::new(vec![record.clone()])),
+    )]);
+    let report = d
+        .deliver_route(
+            &request(Level::Verified, &["bob@example.test"]),
+            &route(&[(MX, "127.0.0.1")], Security::Secure),
+            &PolicyLookup::None,
+            TlsaSource::Fixed(&tlsa),
+        )
+        .await;
+    assert!(delivered(&report.outcomes[0]), "{report:?}");
+    assert_eq!(report.attempt.verdict, Some(TransportVerdict::Verified));
+    let a = auth(&report);
+    assert_eq!(a.mechanism, Mechanism::DaneEe);
+    assert_eq!(
+        (a.mx_dnssec.as_str(), a.address_dnssec.as_str()),
+        ("secure", "secure")
+    );
+    let t = a.tlsa.as_ref().expect("tlsa facts");
+    assert_eq!(t.dnssec, "secure");
+    assert_eq!(t.base_domain, MX);
+    assert_eq!(t.records, vec![record.to_string()]);
+    assert_eq!(t.matched, Some(record.to_string()));
+    // A self-signed certificate: PKIX did not verify, DANE did.
+    assert!(!report.attempt.tls.as_ref().unwrap().pkix_verified);
+    assert!(sent_mail(&logs_settled(&logs, 1).await));
+}
+
+#[tokio::test]
+async fn b3_tlsa_mismatch_skips_the_host_and_defers() {
+    let (cert, key) = self_signed(MX);
+    let (other, _) = self_signed(MX);
+    let (port, logs) = start(Spec {
+        starttls: Some(server_tls(cert, &key)),
+        ..Default::default()
+    })
+    .await;
+    let d = deliverer(port, None);
+    let tlsa = tlsa_table(vec![(
+        MX,
+        TlsaAnswer::Secure(TlsaSet::new(vec![dane_ee(&other)])),
+    )]);
+    // Even `may`: a host with usable TLSA records is never used without a match.
+    for level in [Level::May, Level::Verified] {
+        let report = d
+            .deliver_route(
+                &request(level, &["bob@example.test"]),
+                &route(&[(MX, "127.0.0.1")], Security::Secure),
+                &PolicyLookup::None,
+                TlsaSource::Fixed(&tlsa),
+            )
+            .await;
+        match &report.outcomes[0] {
+            RcptOutcome::Deferred { reply, status } => {
+                assert_eq!(status, "4.7.5");
+                assert!(reply.contains("TLSA records did not match"), "{reply}");
+                assert!(reply.contains("must be authenticated by DANE"), "{reply}");
+            }
+            other => panic!("{level}: {other:?}"),
+        }
+        assert_eq!(auth(&report).mechanism, Mechanism::None);
+        assert_eq!(auth(&report).tlsa.as_ref().unwrap().matched, None);
+    }
+    let logs = logs_settled(&logs, 2).await;
+    assert!(!sent_mail(&logs), "{logs:?}");
+    assert_eq!(logs.len(), 2, "no plaintext retry: {logs:?}");
+}
+
+#[tokio::test]
+async fn b3_tlsa_present_but_no_starttls_defers() {
+    let (cert, _) = self_signed(MX);
+    let (port, logs) = start(Spec::default()).await;
+    let d = deliverer(port, None);
+    let tlsa = tlsa_table(vec![(
+        MX,
+        TlsaAnswer::Secure(TlsaSet::new(vec![dane_ee(&cert)])),
+    )]);
+    let report = d
+        .deliver_route(
+            &request(Level::May, &["bob@example.test"]),
+            &route(&[(MX, "127.0.0.1")], Security::Secure),
+            &PolicyLookup::None,
+            TlsaSource::Fixed(&tlsa),
+        )
+        .await;
+    match &report.outcomes[0] {
+        RcptOutcome::Deferred { reply, status } => {
+            assert_eq!(status, "4.7.5");
+            assert!(
+                reply.starts_with(
+                    "mx1.example.test offers no STARTTLS, but its DNSSEC-signed TLSA records"
+                ),
+                "{reply}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!sent_mail(&logs_settled(&logs, 1).await));
+}
+
+#[tokio::test]
+async fn d4_tlsa_lookup_failure_skips_the_host_without_connecting() {
+    let (port, logs) = start(Spec::default()).await;
+    let d = deliverer(port, None);
+    let tlsa = tlsa_table(vec![(
+        MX,
+        TlsaAnswer::Failed {
+            reason: "SERVFAIL".into(),
+        },
+    )]);
+    let report = d
+        .deliver_route(
+            &request(Level::May, &["bob@example.test"]),
+            &route(&[(MX, "127.0.0.1")], Security::Secure),
+            &PolicyLookup::None,
+            TlsaSource::Fixed(&tlsa),
+        )
+        .await;
+    assert_eq!(status_of(&report.outcomes[0]), "4.7.5");
+    assert!(
+        reply_of(&report.outcomes[0]).contains("SERVFAIL"),
+        "{report:?}"
+    );
+    assert_eq!(
+        auth(&report).tlsa.as_ref().unwrap().dnssec,
+        "failed: SERVFAIL"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(logs.lock().unwrap().is_empty(), "no connection");
+}
+
+#[tokio::test]
+async fn e5_mta_sts_enforce_with_pkix_is_verified_by_mta_sts() {
+    let pki = Pki::new();
+    let (_dir, ca) = ca_file(&pki);
+    let mx = "mx.provider.test";
+    let (cert, key) = pki.leaf(mx);
+    let (port, logs) = start(Spec {
+        starttls: Some(server_tls(cert, &key)),
+        ..Default::default()
+    })
+    .await;
+    let d = deliverer(port, Some(&ca));
+    let report = d
+        .deliver_route(
+            &request(Level::Verified, &["bob@example.test"]),
+            &route(&[(mx, "127.0.0.1")], Security::Insecure),
+            &sts_found("enforce", mx),
+            TlsaSource::Fixed(&HashMap::new()),
+        )
+        .await;
+    assert!(delivered(&report.outcomes[0]), "{report:?}");
+    assert_eq!(report.attempt.verdict, Some(TransportVerdict::Verified));
+    let a = auth(&report);
+    assert_eq!(a.mechanism, Mechanism::MtaSts);
+    assert_eq!(
+        a.mta_sts,
+        Some(MtaStsFacts {
+            id: "20261122T000000".into(),
+            mode: "enforce".into(),
+            covered: true,
+        })
+    );
+    assert_eq!(a.tlsa, None, "insecure MX: no TLSA lookup (D2)");
+    assert!(sent_mail(&logs_settled(&logs, 1).await));
+}
+
+#[tokio::test]
+async fn e5_mta_sts_enforce_mx_not_covered_defers_without_connecting() {
+    let (cert, key) = self_signed(MX);
+    let (port, logs) = start(Spec {
+        starttls: Some(server_tls(cert, &key)),
+        ..Default::default()
+    })
+    .await;
+    let d = deliverer(port, None);
+    let report = d
+        .deliver_route(
+            &request(Level::May, &["bob@example.test"]),
+            &route(&[(MX, "127.0.0.1")], Security::Insecure),
+            &sts_found("enforce", "mx9.example.test"),
+            TlsaSource::Fixed(&HashMap::new()),
+        )
+        .await;
+    match &report.outcomes[0] {
+        RcptOutcome::Deferred { reply, status } => {
+            assert_eq!(status, "4.7.5");
+            assert!(reply.contains("does not list mx1.example.test"), "{reply}");
+        }
+        other => panic!("never bounced, never sent: {other:?}"),
+    }
+    assert_eq!(
+        auth(&report).mta_sts.as_ref().map(|m| m.covered),
+        Some(false)
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(logs.lock().unwrap().is_empty(), "no connection");
+}
+
+#[tokio::test]
+async fn e5_mta_sts_enforce_pkix_failure_defers() {
+    let (cert, key) = self_signed(MX);
+    let (port, logs) = start(Spec {
+        starttls: Some(server_tls(cert, &key)),
+        ..Default::default()
+    })
+    .await;
+    let d = deliverer(port, None);
+    let report = d
+        .deliver_route(
+            &request(Level::Encrypted, &["bob@example.test"]),
+            &route(&[(MX, "127.0.0.1")], Security::Insecure),
+            &sts_found("enforce", MX),
+            TlsaSource::Fixed(&HashMap::new()),
+        )
+        .await;
+    let reply = reply_of(&report.outcomes[0]);
+    assert_eq!(status_of(&report.outcomes[0]), "4.7.5");
+    assert!(
+        reply.contains("requires a valid certificate for mx1.example.test"),
+        "{reply}"
+    );
+    assert!(!sent_mail(&logs_settled(&logs, 1).await));
+}
+
+#[tokio::test]
+async fn a3_pkix_name_within_the_recipient_domain_is_verified() {
+    let pki = Pki::new();
+    let (_dir, ca) = ca_file(&pki);
+    let mx = "mx.provider.test";
+    for name in ["example.test", "*.example.test", MX] {
+        let (cert, key) = pki.leaf(name);
+        let (port, _logs) = start(Spec {
+            starttls: Some(server_tls(cert, &key)),
+            ..Default::default()
+        })
+        .await;
+        let d = deliverer(port, Some(&ca));
+        let report = d
+            .deliver_route(
+                &request(Level::Verified, &["bob@example.test"]),
+                &route(&[(mx, "127.0.0.1")], Security::Insecure),
+                &PolicyLookup::None,
+                TlsaSource::Fixed(&HashMap::new()),
+            )
+            .await;
+        assert!(delivered(&report.outcomes[0]), "{name}: {report:?}");
+        assert_eq!(report.attempt.verdict, Some(TransportVerdict::Verified));
+        let a = auth(&report);
+        assert_eq!(a.mechanism, Mechanism::Pkix);
+        assert!(
+            a.basis.contains("within the recipient domain example.test"),
+            "{}",
+            a.basis
+        );
+    }
+}
+
+#[tokio::test]
+async fn a3_pkix_on_mx_name_with_insecure_dns_is_trusted_not_verified() {
+    let pki = Pki::new();
+    let (_dir, ca) = ca_file(&pki);
+    let mx = "mx.provider.test";
+    let (cert, key) = pki.leaf(mx);
+    let (port, logs) = start(Spec {
+        starttls: Some(server_tls(cert, &key)),
+        ..Default::default()
+    })
+    .await;
+    let d = deliverer(port, Some(&ca));
+    let insecure = route(&[(mx, "127.0.0.1")], Security::Insecure);
+    let no_tlsa = HashMap::new();
+    let report = d
+        .deliver_route(
+            &request(Level::Verified, &["bob@example.test"]),
+            &insecure,
+            &PolicyLookup::None,
+            TlsaSource::Fixed(&no_tlsa),
+        )
+        .await;
+    match &report.outcomes[0] {
+        RcptOutcome::Deferred { reply, status } => {
+            assert_eq!(status, "4.7.5");
+            assert_eq!(
+                reply,
+                "mx.provider.test: certificate is valid for mx.provider.test (trusted), but the MX \
+                 name is not authenticated (MX answer insecure, not DNSSEC-secure; no MTA-STS \
+                 enforce policy; no certificate name within example.test) — level verified requires it"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(report.attempt.verdict, Some(TransportVerdict::Trusted));
+    assert_eq!(auth(&report).mechanism, Mechanism::Pkix);
+    assert!(!sent_mail(&logs_settled(&logs, 1).await));
+
+    // At `trusted` the same host is good enough, and recorded as `trusted`.
+    let report = d
+        .deliver_route(
+            &request(Level::Trusted, &["bob@example.test"]),
+            &insecure,
+            &PolicyLookup::None,
+            TlsaSource::Fixed(&no_tlsa),
+        )
+        .await;
+    assert!(delivered(&report.outcomes[0]), "{report:?}");
+    assert_eq!(report.attempt.verdict, Some(TransportVerdict::Trusted));
+
+    // With DNSSEC-secure MX and address answers (and no TLSA, proven), the MX name
+    // is authenticated: `verified` by PKIX.
+    let tlsa = tlsa_table(vec![(mx, TlsaAnswer::SecureDenial)]);
+    let report = d
+        .deliver_route(
+            &request(Level::Verified, &["bob@example.test"]),
+            &route(&[(mx, "127.0.0.1")], Security::Secure),
+            &PolicyLookup::None,
+            TlsaSource::Fixed(&tlsa),
+        )
+        .await;
+    assert!(delivered(&report.outcomes[0]), "{report:?}");
+    assert_eq!(report.attempt.verdict, Some(TransportVerdict::Verified));
+    let a = auth(&report);
+    assert_eq!(a.mechanism, Mechanism::Pkix);
+    assert_eq!(a.tlsa.as_ref().unwrap().dnssec, "secure denial");
+}
+
+#[tokio::test]
+async fn two_mx_only_the_second_authenticates_and_gets_the_mail() {
+    let (cert1, key1) = self_signed("mx1.example.test");
+    let (cert2, key2) = self_signed("mx2.example.test");
+    let record = dane_ee(&cert2);
+    let (port, logs1, logs2) = start_pair(
+        Spec {
+            starttls: Some(server_tls(cert1, &key1)),
+            ..Default::default()
+        },
+        Spec {
+            starttls: Some(server_tls(cert2, &key2)),
+            ..Default::default()
+        },
+    )
+    .await;
+    let d = deliverer(port, None);
+    let tlsa = tlsa_table(vec![
+        ("mx1.example.test", TlsaAnswer::SecureDenial),
+        (
+            "mx2.example.test",
+            TlsaAnswer::Secure(TlsaSet::new(vec![record])),
+        ),
+    ]);
+    let report = d
+        .deliver_route(
+            &request(Level::Verified, &["bob@example.test"]),
+            &route(
+                &[
+                    ("mx1.example.test", "127.0.0.2"),
+                    ("mx2.example.test", "127.0.0.3"),
+                ],
+                Security::Secure,
+            ),
+            &PolicyLookup::None,
+            TlsaSource::Fixed(&tlsa),
+        )
+        .await;
+    assert!(delivered(&report.outcomes[0]), "{report:?}");
+    assert_eq!(report.attempt.mx, "mx2.example.test");
+    assert_eq!(report.attempt.ip, "127.0.0.3");
+    assert_eq!(report.attempt.verdict, Some(TransportVerdict::Verified));
+    assert_eq!(auth(&report).mechanism, Mechanism::DaneEe);
+    assert!(!sent_mail(&logs_settled(&logs1, 1).await));
+    assert!(sent_mail(&logs_settled(&logs2, 1).await));
+}
+
+#[tokio::test]
+async fn d11_dane_only_destination_without_tlsa_is_deferred() {
+    let (cert, key) = self_signed(MX);
+    let (port, logs) = start(Spec {
+        starttls: Some(server_tls(cert, &key)),
+        ..Default::default()
+    })
+    .await;
+    let mut cfg = Config::default();
+    cfg.delivery.port = port;
+    cfg.delivery.helo_name = "qrelay.test".into();
+    cfg.delivery.connect_timeout = Duration::from_secs(3);
+    cfg.delivery.command_timeout = Duration::from_secs(3);
+    cfg.dns.servers = vec!["127.0.10.54:53".parse().unwrap()];
+    cfg.destination = vec![crate::config::DestinationConfig {
+        domain: "Example.Test".into(),
+        dane_only: true,
+    }];
+    let d = Deliverer::new(Arc::new(cfg)).unwrap();
+    let tlsa = tlsa_table(vec![(MX, TlsaAnswer::SecureDenial)]);
+    let report = d
+        .deliver_route(
+            &request(Level::May, &["bob@example.test"]),
+            &route(&[(MX, "127.0.0.1")], Security::Secure),
+            &PolicyLookup::None,
+            TlsaSource::Fixed(&tlsa),
+        )
+        .await;
+    match &report.outcomes[0] {
+        RcptOutcome::Deferred { reply, status } => {
+            assert_eq!(status, "4.7.5");
+            assert!(
+                reply.starts_with("example.test is a dane-only destination, but mx1.example.test cannot be authenticated by DANE: no TLSA records"),
+                "{reply}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(logs.lock().unwrap().is_empty(), "no connection");
+}
+
+#[tokio::test]
+async fn d1_bogus_mx_defers_the_domain_and_bogus_address_skips_the_host() {
+    let (port, logs) = start(Spec::default()).await;
+    let d = deliverer(port, None);
+    let no_tlsa = HashMap::new();
+    let report = d
+        .deliver_route(
+            &request(Level::May, &["bob@example.test"]),
+            &route(&[(MX, "127.0.0.1")], Security::Bogus),
+            &PolicyLookup::None,
+            TlsaSource::Fixed(&no_tlsa),
+        )
+        .await;
+    assert_eq!(status_of(&report.outcomes[0]), "4.7.5");
+    assert!(matches!(report.outcomes[0], RcptOutcome::Deferred { .. }));
+    assert!(
+        reply_of(&report.outcomes[0]).contains("bogus"),
+        "{report:?}"
+    );
+
+    let mut r = route(&[(MX, "127.0.0.1")], Security::Secure);
+    r.hosts[0].address_security = Security::Bogus;
+    let report = d
+        .deliver_route(
+            &request(Level::May, &["bob@example.test"]),
+            &r,
+            &PolicyLookup::None,
+            TlsaSource::Fixed(&no_tlsa),
+        )
+        .await;
+    assert!(matches!(report.outcomes[0], RcptOutcome::Deferred { .. }));
+    assert!(
+        reply_of(&report.outcomes[0]).contains("address answer"),
+        "{report:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(logs.lock().unwrap().is_empty(), "no connection");
 }
