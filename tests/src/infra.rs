@@ -41,7 +41,7 @@ pub const BENCH_DOWN_IP: &str = "127.0.40.9";
 
 /// Bump when anything generated below changes: a running infrastructure with
 /// another generation is torn down and rebuilt.
-const GENERATION: &str = "qrelay-test-infra v2";
+const GENERATION: &str = "qrelay-test-infra v3 (signed root, test., example.test)";
 
 /// Domains every receiving MX accepts mail for.
 pub const MAIL_DOMAINS: &[&str] = &[
@@ -53,6 +53,9 @@ pub const MAIL_DOMAINS: &[&str] = &[
     "noaddr.example.test",
     "nullmx.example.test",
     "lan.test",
+    "bogus.example.test",
+    "insecure.example.test",
+    "alias.example.test",
 ];
 
 /// One receiving MX (a Postfix instance).
@@ -421,7 +424,7 @@ impl Infra {
         for d in [&zones, &run, &storage] {
             fs::create_dir_all(d)?;
         }
-        let zone_list = test_zones();
+        let mut zone_list = test_zones();
         let mut conf = String::new();
         let (ip, port) = DNS_ADDR.split_once(':').expect("ip:port");
         writeln!(conf, "server:")?;
@@ -439,20 +442,36 @@ impl Infra {
             "control:\n    listen: \"{}\"",
             run.join("knot.sock").display()
         )?;
+        // Signed zones: one ECDSA P-256 key per zone (a combined signing key),
+        // generated below with keymgr before knotd starts, so the DS records can go
+        // into the parent zones' files; NSEC (not NSEC3), as the field notes tested.
+        writeln!(conf, "policy:\n  - id: test")?;
+        writeln!(conf, "    manual: on")?;
+        writeln!(conf, "    algorithm: ecdsap256sha256")?;
+        writeln!(conf, "    single-type-signing: on")?;
+        writeln!(conf, "    nsec3: off")?;
         writeln!(conf, "template:\n  - id: default")?;
         writeln!(conf, "    storage: \"{}\"", zones.display())?;
-        writeln!(conf, "    file: \"%s.zone\"")?;
         writeln!(conf, "    zonefile-sync: -1")?;
         writeln!(conf, "    zonefile-load: whole")?;
         writeln!(conf, "    journal-content: none")?;
+        writeln!(conf, "    dnssec-signing: on")?;
+        writeln!(conf, "    dnssec-policy: test")?;
         writeln!(conf, "zone:")?;
         for z in &zone_list {
-            writeln!(conf, "  - domain: {}", z.origin)?;
-            fs::write(zones.join(format!("{}.zone", z.origin)), z.render())?;
+            writeln!(conf, "  - domain: {}", z.fqdn())?;
+            writeln!(conf, "    file: \"{}.zone\"", z.file_stem())?;
+            if z.chain == Chain::Insecure {
+                writeln!(conf, "    dnssec-signing: off")?;
+            }
         }
         let conf_file = dir.join("knot.conf");
-        fs::write(&conf_file, conf)?;
+        fs::write(&conf_file, &conf)?;
         run_in(&dir, "knotc", &["-c", path_str(&conf_file)?, "conf-check"])?;
+        delegate_and_sign(&dir, &conf_file, &mut zone_list)?;
+        for z in &zone_list {
+            fs::write(zones.join(format!("{}.zone", z.file_stem())), z.render())?;
+        }
         let log = File::create(dir.join("knotd.out"))?;
         let st = Command::new("knotd")
             .args(["-c", path_str(&conf_file)?, "-d"])
@@ -865,18 +884,76 @@ fn ensure_default_postfix_config() -> Result<()> {
 
 // ---------------------------------------------------------------------------- zones
 
-/// A DNS zone served by Knot; add records here when a test needs them.
+/// How a zone hangs in the chain of trust below the test root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chain {
+    /// Signed, with the matching DS in its parent (for the root: the relay's trust
+    /// anchor).
+    Secure,
+    /// Signed, but the parent's DS matches no key of the zone: every answer from it
+    /// is bogus.
+    Bogus,
+    /// Unsigned, delegated without DS: every answer from it is provably insecure.
+    Insecure,
+}
+
+/// A DNS zone served by Knot; add records here when a test needs them. Relative
+/// owner names are relative to the origin. NS, glue and DS records for delegations
+/// to other zones of [`test_zones`] are added by the harness.
 pub struct Zone {
+    /// The zone name without the final dot; `"."` for the root.
     pub origin: &'static str,
     pub records: Vec<String>,
+    pub chain: Chain,
 }
 
 impl Zone {
+    /// The absolute zone name: `"example.test."`, `"."`.
+    pub fn fqdn(&self) -> String {
+        if self.origin == "." {
+            ".".into()
+        } else {
+            format!("{}.", self.origin)
+        }
+    }
+
+    /// The name server of the zone, absolute.
+    fn ns(&self) -> String {
+        if self.origin == "." {
+            "ns.".into()
+        } else {
+            format!("ns.{}.", self.origin)
+        }
+    }
+
+    fn file_stem(&self) -> &str {
+        if self.origin == "." {
+            "root"
+        } else {
+            self.origin
+        }
+    }
+
+    /// The zone that delegates this one: the longest other zone it lies in.
+    fn parent<'a>(&self, zones: &'a [Zone]) -> Option<&'a Zone> {
+        zones
+            .iter()
+            .filter(|p| p.origin != self.origin && is_below(self.origin, p.origin))
+            .max_by_key(|p| p.origin.len() + usize::from(p.origin != "."))
+    }
+
     fn render(&self) -> String {
         let mut s = format!(
-            "$ORIGIN {o}.\n$TTL 60\n@ SOA ns.{o}. hostmaster.{o}. 1 3600 600 86400 60\n\
-             @ NS ns.{o}.\nns A 127.0.10.54\n",
-            o = self.origin
+            "$ORIGIN {o}\n$TTL 60\n@ SOA {ns} {hm} 1 3600 600 86400 60\n\
+             @ NS {ns}\n{ns} A {ip}\n",
+            o = self.fqdn(),
+            hm = if self.origin == "." {
+                "hostmaster.".to_string()
+            } else {
+                format!("hostmaster.{}", self.fqdn())
+            },
+            ns = self.ns(),
+            ip = DNS_ADDR.split_once(':').expect("ip:port").0,
         );
         for r in &self.records {
             s.push_str(r);
@@ -886,9 +963,27 @@ impl Zone {
     }
 }
 
-/// The test zones.
+fn is_below(name: &str, zone: &str) -> bool {
+    zone == "." || name.ends_with(&format!(".{zone}"))
+}
+
+/// A TLSA record for a DANE scenario: `tlsa("mx-ca", "3 1 1 <hex>")` is
+/// `_25._tcp.mx-ca TLSA 3 1 1 <hex>` (owner relative to the zone it is added to).
+pub fn tlsa(host: &str, rdata: &str) -> String {
+    format!("_25._tcp.{host} TLSA {rdata}")
+}
+
+/// DANE scenario records of `example.test` (TLSA at `_25._tcp.<mx>`, built with
+/// [`tlsa`]). Empty until the DANE scenarios add theirs.
+pub fn dane_records() -> Vec<String> {
+    Vec::new()
+}
+
+/// The test zones: a signed test root, the signed TLD `test.`, the signed
+/// `example.test` and `lan.test`, and the DNSSEC scenarios `bogus.example.test`
+/// (signed, wrong DS) and `insecure.example.test` (unsigned, no DS).
 pub fn test_zones() -> Vec<Zone> {
-    let example = [
+    let mut example: Vec<String> = [
         "mx-ca A 127.0.20.1",
         "mx-self A 127.0.20.2",
         "mx-plain A 127.0.20.3",
@@ -905,6 +1000,9 @@ pub fn test_zones() -> Vec<Zone> {
         "implicit A 127.0.20.1",
         // The MX host has no address at all.
         "noaddr MX 10 mx-noaddr",
+        // An MX host behind a CNAME (IPv4 only: its AAAA is NODATA at the target).
+        "alias MX 10 mx-alias",
+        "mx-alias CNAME mx-ca",
         // Benchmark destinations (tests/src/bin/bench.rs starts what listens there).
         &format!("mx-bench A {BENCH_SINK_IP}"),
         &format!("mx-bench-tls A {BENCH_TLS_SINK_IP}"),
@@ -916,20 +1014,131 @@ pub fn test_zones() -> Vec<Zone> {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    example.extend(dane_records());
     let lan = ["@ MX 10 mx", "mx A 127.0.20.4", "mail A 127.0.30.1"]
         .iter()
         .map(|s| s.to_string())
         .collect();
+    let to_mx_ca = || vec!["@ MX 10 mx-ca.example.test.".to_string()];
     vec![
+        Zone {
+            origin: ".",
+            records: Vec::new(),
+            chain: Chain::Secure,
+        },
+        Zone {
+            origin: "test",
+            records: Vec::new(),
+            chain: Chain::Secure,
+        },
         Zone {
             origin: "example.test",
             records: example,
+            chain: Chain::Secure,
         },
         Zone {
             origin: "lan.test",
             records: lan,
+            chain: Chain::Secure,
+        },
+        Zone {
+            origin: "bogus.example.test",
+            records: to_mx_ca(),
+            chain: Chain::Bogus,
+        },
+        Zone {
+            origin: "insecure.example.test",
+            records: to_mx_ca(),
+            chain: Chain::Insecure,
         },
     ]
+}
+
+/// The relay's DNSSEC trust anchor for the test root (a DS line), written by the
+/// harness when Knot starts.
+pub fn trust_anchor_file() -> PathBuf {
+    state_dir().join("knot/root.ds")
+}
+
+/// Generate a key per signed zone (keymgr, offline, before knotd runs), add NS,
+/// glue and DS records for every delegation to the parent zones, and write the test
+/// root's DS as the trust anchor file.
+fn delegate_and_sign(dir: &Path, conf: &Path, zones: &mut [Zone]) -> Result<()> {
+    let conf = path_str(conf)?;
+    let mut ds_of: Vec<(String, String)> = Vec::new();
+    for z in zones.iter().filter(|z| z.chain != Chain::Insecure) {
+        let fqdn = z.fqdn();
+        run_in(
+            dir,
+            "keymgr",
+            &[
+                "-c",
+                conf,
+                &fqdn,
+                "generate",
+                "algorithm=ecdsap256sha256",
+                "ksk=yes",
+                "zsk=yes",
+            ],
+        )?;
+        let out = Command::new("keymgr")
+            .args(["-c", conf, &fqdn, "ds"])
+            .current_dir(dir)
+            .output()
+            .context("run keymgr ds")?;
+        if !out.status.success() {
+            bail!("keymgr {fqdn} ds: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        // "<zone>. DS <tag> 13 2 <hex>": keep the SHA-256 one.
+        let ds = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.split_whitespace().nth(4) == Some("2"))
+            .map(str::to_string)
+            .with_context(|| format!("no SHA-256 DS from keymgr for {fqdn}"))?;
+        ds_of.push((z.origin.to_string(), ds));
+    }
+    let dns_ip = DNS_ADDR.split_once(':').expect("ip:port").0;
+    let mut additions: Vec<(usize, Vec<String>)> = Vec::new();
+    for z in zones.iter() {
+        let Some(parent) = z.parent(zones) else {
+            continue;
+        };
+        let pi = zones
+            .iter()
+            .position(|p| p.origin == parent.origin)
+            .expect("parent in list");
+        let mut recs = vec![
+            format!("{} NS {}", z.fqdn(), z.ns()),
+            format!("{} A {dns_ip}", z.ns()),
+        ];
+        let ds = ds_of.iter().find(|(o, _)| o == z.origin).map(|(_, d)| d);
+        match (z.chain, ds) {
+            (Chain::Secure, Some(ds)) => recs.push(ds.clone()),
+            (Chain::Bogus, Some(ds)) => {
+                // Same key tag and algorithm, wrong digest: matches no key.
+                let f: Vec<&str> = ds.split_whitespace().collect();
+                recs.push(format!(
+                    "{} DS {} {} 2 {}",
+                    z.fqdn(),
+                    f[2],
+                    f[3],
+                    "00".repeat(32)
+                ));
+            }
+            _ => {}
+        }
+        additions.push((pi, recs));
+    }
+    for (pi, recs) in additions {
+        zones[pi].records.extend(recs);
+    }
+    let root = ds_of
+        .iter()
+        .find(|(o, _)| o == ".")
+        .map(|(_, d)| d.clone())
+        .context("no DS for the test root")?;
+    fs::write(dir.join("root.ds"), format!("{root}\n"))?;
+    Ok(())
 }
 
 // -------------------------------------------------------------------------- helpers

@@ -100,6 +100,7 @@ min_free_bytes = 1048576
 [dns]
 servers = ["{dns}"]
 timeout = "3s"
+trust_anchor = "{anchor}"
 
 [tls]
 ca_file = "{ca}"
@@ -125,6 +126,7 @@ level = "encrypted"
             listen = self.listen,
             spool = self.spool_dir.display(),
             dns = DNS_ADDR,
+            anchor = crate::infra::trust_anchor_file().display(),
             ca = infra.ca_file.display(),
             sock = self.dir.path().join("control.sock").display(),
         );

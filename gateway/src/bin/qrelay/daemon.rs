@@ -43,6 +43,17 @@ pub async fn run(config: Config) -> Result<()> {
     let tls = qrelay::tls::server::load_or_generate(&config)
         .context("cannot set up the inbound TLS certificate")?;
     let deliverer = Deliverer::new(config.clone()).context("cannot set up delivery")?;
+    // DNSSEC health (issue 3): probe the root DNSKEY through the upstreams now and
+    // every ten minutes; an unavailable DNSSEC path is logged loudly (deliveries that
+    // need it defer by themselves). The status is shared for the control socket.
+    let dnssec_status = qrelay::dns::DnssecStatus::default();
+    let probe_resolver =
+        qrelay::dns::Resolver::from_config(&config.dns).context("cannot set up DNS")?;
+    tokio::spawn(qrelay::dns::monitor_dnssec(
+        probe_resolver,
+        dnssec_status.clone(),
+        qrelay::dns::PROBE_INTERVAL,
+    ));
     // MTA-STS (E4-E7): the policy cache survives restarts; the refresher renews
     // policies ahead of their expiry. Same resolver and PKIX roots as delivery.
     let roots = qrelay::mtasts::pkix_roots(config.tls.ca_file.as_deref())

@@ -1,0 +1,214 @@
+//! DNSSEC in the test world (issue 3, standards.md B1, D1, D2): Knot serves a signed
+//! test root, the signed TLD `test.`, the signed `example.test`, a bogus zone
+//! (`bogus.example.test`: signed, but its DS in `example.test` matches no key) and an
+//! insecure delegation (`insecure.example.test`: unsigned, no DS). The relay
+//! validates in-process from the test root's DS (`[dns] trust_anchor`, written by the
+//! harness).
+
+use std::time::{Duration, Instant};
+
+use qrelay_tests::infra::{kdig, trust_anchor_file};
+use qrelay_tests::relay::assert_never_arrives;
+use qrelay_tests::{token, Infra, Message, Mx, Relay};
+
+const ARRIVE: Duration = Duration::from_secs(60);
+const HELD: Duration = Duration::from_secs(60);
+
+fn level(l: &str) -> String {
+    format!("[class.normal]\nlevel = \"{l}\"\n")
+}
+
+fn assert_tls(m: &Message, mx: Mx) {
+    let r = m
+        .postfix_received()
+        .unwrap_or_else(|| panic!("no Postfix Received header in {}", m.raw));
+    assert!(r.contains(mx.hostname()), "{r}");
+    assert!(r.contains("using TLSv1."), "not received over TLS: {r}");
+}
+
+/// Wait until the relay's log contains `needle`.
+fn wait_log(relay: &Relay, needle: &str, timeout: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let log = relay.log();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "relay log never showed {needle:?}:\n{}",
+            relay.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_test_world_is_signed() {
+    Infra::get();
+    let anchor = std::fs::read_to_string(trust_anchor_file()).unwrap();
+    assert!(anchor.starts_with(". DS "), "{anchor}");
+    for zone in [
+        ".",
+        "test.",
+        "example.test.",
+        "lan.test.",
+        "bogus.example.test.",
+    ] {
+        let keys = kdig("DNSKEY", zone).unwrap();
+        assert!(keys.contains("257 3 13"), "{zone}: {keys}");
+    }
+    // DS at the parents: test. in the root, example.test in test.; none for the
+    // insecure delegation.
+    assert!(kdig("DS", "test.").unwrap().contains(" 13 2 "));
+    assert!(kdig("DS", "example.test.").unwrap().contains(" 13 2 "));
+    assert!(kdig("DS", "bogus.example.test.")
+        .unwrap()
+        .contains(" 13 2 "));
+    assert_eq!(kdig("DS", "insecure.example.test.").unwrap().trim(), "");
+    assert_eq!(kdig("DNSKEY", "insecure.example.test.").unwrap().trim(), "");
+}
+
+#[test]
+fn secure_zone_delivers_at_encrypted() {
+    let infra = Infra::get();
+    let relay = Relay::start(&level("encrypted")).unwrap();
+    let tok = token("dnssec-secure");
+    relay
+        .swaks("sender@lan.test", &format!("{tok}@ca.example.test"), &tok)
+        .unwrap();
+    let m = infra.mailbox(Mx::Ca).wait_for_token(&tok, ARRIVE).unwrap();
+    assert_tls(&m, Mx::Ca);
+    // The probe found DNSSEC working through Knot with the test root's anchor.
+    wait_log(&relay, "DNSSEC available", Duration::from_secs(20));
+    assert!(
+        !relay.log().contains("DNSSEC unavailable"),
+        "{}",
+        relay.log_tail(40)
+    );
+}
+
+#[test]
+fn secure_cname_mx_host_is_followed() {
+    // alias.example.test MX mx-alias, a CNAME to mx-ca (which has no AAAA): the
+    // NODATA for AAAA at the end of the chain must not turn the host bogus.
+    let infra = Infra::get();
+    let relay = Relay::start(&level("encrypted")).unwrap();
+    let tok = token("dnssec-cname");
+    relay
+        .swaks(
+            "sender@lan.test",
+            &format!("{tok}@alias.example.test"),
+            &tok,
+        )
+        .unwrap();
+    let m = infra.mailbox(Mx::Ca).wait_for_token(&tok, ARRIVE).unwrap();
+    assert_tls(&m, Mx::Ca);
+}
+
+#[test]
+fn b1_bogus_mx_answer_never_leads_to_delivery() {
+    // Even at the lowest level (plaintext allowed), a bogus MX answer is not used.
+    let infra = Infra::get();
+    let relay = Relay::start(&level("may")).unwrap();
+    let tok = token("dnssec-bogus-b1");
+    let id = relay
+        .swaks(
+            "sender@lan.test",
+            &format!("{tok}@bogus.example.test"),
+            &tok,
+        )
+        .unwrap();
+    let out = relay
+        .wait_pending_with_reason(&id, &["DNSSEC"], HELD)
+        .unwrap();
+    println!("queue state:\n{out}");
+    assert_never_arrives(&infra.mailbox(Mx::Ca), &tok, Duration::from_secs(4));
+    let list = relay.queue_list().unwrap();
+    assert!(list.contains(&id), "message left the queue:\n{list}");
+}
+
+#[test]
+fn d1_bogus_mx_defers_the_domain() {
+    let infra = Infra::get();
+    let relay = Relay::start(&level("encrypted")).unwrap();
+    let tok = token("dnssec-bogus-d1");
+    let sender = format!("{tok}-sender@lan.test");
+    let id = relay
+        .swaks(&sender, &format!("{tok}@bogus.example.test"), &tok)
+        .unwrap();
+    let out = relay
+        .wait_pending_with_reason(&id, &["4.7.5"], HELD)
+        .unwrap();
+    assert!(
+        out.contains("DNSSEC validation failed for the MX of bogus.example.test"),
+        "{out}"
+    );
+    // Deferred, several attempts (retry every second), never bounced, never sent.
+    std::thread::sleep(Duration::from_secs(3));
+    let list = relay.queue_list().unwrap();
+    assert!(list.contains(&id), "message left the queue:\n{list}");
+    assert_never_arrives(&infra.mailbox(Mx::Ca), &tok, Duration::from_secs(2));
+    assert!(
+        infra.mailbox(Mx::Lan).containing(&sender).is_empty(),
+        "a DSN was sent for a DNSSEC failure"
+    );
+}
+
+#[test]
+fn d2_insecure_delegation_is_insecure_not_bogus() {
+    let infra = Infra::get();
+    let relay = Relay::start(&level("encrypted")).unwrap();
+    let tok = token("dnssec-insecure");
+    relay
+        .swaks(
+            "sender@lan.test",
+            &format!("{tok}@insecure.example.test"),
+            &tok,
+        )
+        .unwrap();
+    let m = infra.mailbox(Mx::Ca).wait_for_token(&tok, ARRIVE).unwrap();
+    assert_tls(&m, Mx::Ca);
+}
+
+#[test]
+fn probe_reports_dnssec_unavailable_with_a_wrong_trust_anchor() {
+    // The real IANA root DS: it matches no key of the test root.
+    let dir = tempfile::tempdir().unwrap();
+    let anchor = dir.path().join("iana-root.ds");
+    std::fs::write(
+        &anchor,
+        ". IN DS 20326 8 2 E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D\n",
+    )
+    .unwrap();
+    let infra = Infra::get();
+    let relay = Relay::start(&format!(
+        "{}[dns]\ntrust_anchor = \"{}\"\n",
+        level("may"),
+        anchor.display()
+    ))
+    .unwrap();
+    let log = wait_log(
+        &relay,
+        "DNSSEC unavailable through upstream resolvers 127.0.10.54:53",
+        Duration::from_secs(20),
+    );
+    assert!(
+        log.contains("deliveries that need DNSSEC are deferred"),
+        "{}",
+        relay.log_tail(20)
+    );
+    // Mail keeps waiting (never bounced, never sent unvalidated).
+    let tok = token("dnssec-wrong-anchor");
+    let sender = format!("{tok}-sender@lan.test");
+    let id = relay
+        .swaks(&sender, &format!("{tok}@ca.example.test"), &tok)
+        .unwrap();
+    let out = relay
+        .wait_pending_with_reason(&id, &["DNSSEC"], HELD)
+        .unwrap();
+    println!("queue state:\n{out}");
+    assert_never_arrives(&infra.mailbox(Mx::Ca), &tok, Duration::from_secs(3));
+    assert!(relay.queue_list().unwrap().contains(&id));
+    assert!(infra.mailbox(Mx::Lan).containing(&sender).is_empty());
+}
