@@ -719,4 +719,37 @@ level = "trusted"
         assert_eq!(cfg.class_level("normal"), Level::Trusted);
         assert_eq!(cfg.class_level("unknown"), Level::Trusted);
     }
+
+    #[test]
+    fn h_level_verified_and_d11_dane_only_destinations() {
+        let text = r#"
+[class.normal]
+level = "verified"
+
+[[destination]]
+domain = "Partner.Example"
+dane_only = true
+
+[[destination]]
+domain = "other.example"
+"#;
+        let cfg = Config::parse(text, Path::new("t.toml")).expect("parses");
+        assert_eq!(cfg.class_level("normal"), Level::Verified);
+        assert!(Level::Verified > Level::Trusted);
+        assert!(cfg.dane_only("partner.example"));
+        assert!(cfg.dane_only("PARTNER.example."));
+        assert!(!cfg.dane_only("other.example"));
+        assert!(!cfg.dane_only("sub.partner.example"));
+        let dup =
+            "[[destination]]\ndomain = \"a.example\"\n[[destination]]\ndomain = \"A.example\"\n";
+        let e = Config::parse(dup, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("destination[1].domain") && e.contains("twice"),
+            "{e}"
+        );
+        let typo = "[[destination]]\ndomain = \"a.example\"\ndane-only = true\n";
+        assert!(Config::parse(typo, Path::new("t.toml")).is_err());
+    }
 }

@@ -414,4 +414,48 @@ mod tests {
         assert_eq!(truncate("abcdef", 5), "ab...");
         assert_eq!(safe("a\x1b[2Jb\r\n"), "a?[2Jb??");
     }
+
+    #[test]
+    fn h_show_lists_the_authentication_facts() {
+        use crate::spool::record::{Mechanism, MtaStsFacts, TlsaFacts, TransportVerdict};
+        let record = format!("3 1 1 {}", "ab".repeat(32));
+        let a = Attempt {
+            at: 100,
+            mx: "mx1.example.org".into(),
+            ip: "192.0.2.25".into(),
+            tls: None,
+            verdict: Some(TransportVerdict::Verified),
+            reply: "250 2.0.0 Ok".into(),
+            auth: Some(AuthFacts {
+                mechanism: Mechanism::DaneEe,
+                basis: "TLSA record matched".into(),
+                mx_dnssec: "secure".into(),
+                address_dnssec: "secure".into(),
+                tlsa: Some(TlsaFacts {
+                    dnssec: "secure".into(),
+                    base_domain: "mx1.example.org".into(),
+                    records: vec![record.clone(), format!("2 0 1 {}", "cd".repeat(32))],
+                    matched: Some(record.clone()),
+                }),
+                mta_sts: Some(MtaStsFacts {
+                    id: "20260101".into(),
+                    mode: "enforce".into(),
+                    covered: true,
+                }),
+            }),
+        };
+        let mut out = String::new();
+        attempt(&mut out, &a, 160);
+        for line in [
+            "Verdict:      verified",
+            "Mechanism:    dane-ee",
+            "Why:          TLSA record matched",
+            "DNSSEC:       MX secure, address secure, TLSA secure",
+            "TLSA at:      _25._tcp.mx1.example.org",
+            &format!("TLSA        {record}  (matched)"),
+            "MTA-STS:      mode enforce, id 20260101, MX covered",
+        ] {
+            assert!(out.contains(line), "{line:?} missing in\n{out}");
+        }
+    }
 }

@@ -5,24 +5,42 @@
 //! 1. Route (RFC 5321 5.1): the domain's MX hosts by preference, equal preferences in
 //!    random order; an implicit MX; or an address literal (`[192.0.2.1]`, RFC 5321
 //!    4.1.3). Null MX (5.1.10) and NXDOMAIN (5.1.2) fail at once; a DNS outage defers
-//!    (4.4.3). See [`crate::dns`].
-//! 2. Each address of each host in turn. The next host is tried when the connection
+//!    (4.4.3), and so does an MX answer that fails DNSSEC validation (4.7.5, D1). See
+//!    [`crate::dns`]. The MX and address answers keep their DNSSEC status
+//!    ([`Route`]). The recipient domain's MTA-STS policy is looked up
+//!    ([`crate::mtasts::MtaSts::policy_for`]; unavailable = as without a policy).
+//! 2. Per host ([`Deliverer::deliver_route`], the same code for the real path and
+//!    for tests that hand in resolved DNS facts): the TLSA lookup when the MX and
+//!    address answers are DNSSEC-secure (D2-D4, [`crate::dane`]), then
+//!    [`crate::policy::plan`]: defer the domain (D1), skip the host (D1 bogus
+//!    address, D4 TLSA lookup failure, D11 dane-only without usable TLSA, E5 host
+//!    not listed by an enforce policy), or connect, with a DANE verifier when the
+//!    host has usable TLSA records (D6, E7).
+//! 3. Each address of each host in turn. The next host is tried when the connection
 //!    fails or times out, when the greeting or EHLO is refused (RFC 5321 3.1, 5.1:
 //!    "try the next MX"), and when the host cannot give the transport the message's
-//!    level requires.
-//! 3. EHLO (RFC 5321 4.1.1.1); HELO only for level `may` after a 5xx to EHLO, since
+//!    level requires (a DANE mismatch, a missing STARTTLS where TLSA records or an
+//!    MTA-STS enforce policy make TLS mandatory, a certificate that is not good
+//!    enough for the level).
+//! 4. EHLO (RFC 5321 4.1.1.1); HELO only for level `may` after a 5xx to EHLO, since
 //!    without EHLO there is no STARTTLS.
-//! 4. STARTTLS whenever offered (RFC 3207, standards.md B2), with the TLS profile of
+//! 5. STARTTLS whenever offered (RFC 3207, standards.md B2), with the TLS profile of
 //!    the message's class ([`crate::tls::profile`]: what is offered, which server keys
 //!    are accepted), then EHLO again (RFC 3207 4.2: forget what was learned before
-//!    TLS). [`crate::policy::decide`] judges the result: send, skip this host (defer
-//!    if none is left), or for `may` only, retry the same address without TLS
-//!    (RFC 7435).
-//! 5. MAIL FROM with SIZE (RFC 1870), BODY=8BITMIME (RFC 6152), SMTPUTF8 (RFC 6531)
+//!    TLS). A DANE host is judged inside the handshake by a
+//!    [`crate::dane::DaneVerifier`] (SNI = TLSA base domain); for any other host the
+//!    handshake accepts the chain (its signature always verified) and PKIX is
+//!    checked afterwards, for the MX name and for names within the recipient domain.
+//!    [`crate::policy::decide`] judges the result: the verdict (`verified`,
+//!    `trusted`, `encrypted`, `plaintext`) and mechanism, then send, skip this host
+//!    (defer if none is left), or for `may` only, retry the same address without
+//!    TLS (RFC 7435) when nothing makes TLS mandatory. The verdict, mechanism and
+//!    the DNS/TLSA/MTA-STS facts are recorded in the attempt ([`AuthFacts`]).
+//! 6. MAIL FROM with SIZE (RFC 1870), BODY=8BITMIME (RFC 6152), SMTPUTF8 (RFC 6531)
 //!    and the DSN parameters RET/ENVID/NOTIFY/ORCPT when the server offers DSN
 //!    (RFC 3461); RCPT TO per recipient. With PIPELINING (RFC 2920) MAIL and all RCPTs
 //!    go out in one write and the replies are read in order.
-//! 6. DATA, the dot-stuffed content, "." (RFC 5321 4.5.2); the final reply applies to
+//! 7. DATA, the dot-stuffed content, "." (RFC 5321 4.5.2); the final reply applies to
 //!    every recipient accepted at RCPT. QUIT. The content is read from its
 //!    [`super::ContentSource`] in pieces of [`SEND_CHUNK`] bytes on the blocking pool,
 //!    each piece dot-stuffed ([`DotStuffer`] carries line state across pieces) and
