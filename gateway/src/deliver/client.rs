@@ -391,7 +391,7 @@ impl Deliverer {
     /// Where to connect: an address literal, or the MX hosts with their addresses
     /// and the DNSSEC status of each answer.
     /// Err = (permanent, status, reason) when there is no host to try.
-    async fn resolve_route(&self, domain: &str) -> Result<Route, (bool, String, String)> {
+    pub async fn resolve_route(&self, domain: &str) -> Result<Route, (bool, String, String)> {
         if let Some(ip) = address_literal(domain) {
             return Ok(Route {
                 mx_security: Security::Unvalidated,

@@ -1713,3 +1713,62 @@ async fn d1_bogus_mx_defers_the_domain_and_bogus_address_skips_the_host() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(logs.lock().unwrap().is_empty(), "no connection");
 }
+
+#[tokio::test]
+async fn d3_secure_cname_target_is_the_tlsa_base_domain_and_sni() {
+    // The MX name is an alias for host.provider.test (a secure CNAME chain): its
+    // TLSA records are tried first and the connection names it (D3, D10).
+    let target = "host.provider.test";
+    let (cert, key) = self_signed(target);
+    let record = dane_ee(&cert);
+    let (port, logs) = start(Spec {
+        starttls: Some(server_tls(cert, &key)),
+        ..Default::default()
+    })
+    .await;
+    let d = deliverer(port, None);
+    let tlsa = tlsa_table(vec![(
+        target,
+        TlsaAnswer::Secure(TlsaSet::new(vec![record.clone()])),
+    )]);
+    let mut r = route(&[(MX, "127.0.0.1")], Security::Secure);
+    r.hosts[0].secure_cname = Some(target.into());
+    let report = d
+        .deliver_route(
+            &request(Level::Verified, &["bob@example.test"]),
+            &r,
+            &PolicyLookup::None,
+            TlsaSource::Fixed(&tlsa),
+        )
+        .await;
+    assert!(delivered(&report.outcomes[0]), "{report:?}");
+    let t = auth(&report).tlsa.as_ref().unwrap();
+    assert_eq!(t.base_domain, target);
+    assert_eq!(t.matched, Some(record.to_string()));
+    assert!(sent_mail(&logs_settled(&logs, 1).await));
+}
+
+#[tokio::test]
+async fn e6_mta_sts_testing_delivers_per_level() {
+    let (cert, key) = self_signed(MX);
+    let (port, logs) = start(Spec {
+        starttls: Some(server_tls(cert, &key)),
+        ..Default::default()
+    })
+    .await;
+    let d = deliverer(port, None);
+    // Not listed and not PKIX-valid: delivered at `encrypted` all the same.
+    let report = d
+        .deliver_route(
+            &request(Level::Encrypted, &["bob@example.test"]),
+            &route(&[(MX, "127.0.0.1")], Security::Insecure),
+            &sts_found("testing", "mx9.example.test"),
+            TlsaSource::Fixed(&HashMap::new()),
+        )
+        .await;
+    assert!(delivered(&report.outcomes[0]), "{report:?}");
+    assert_eq!(report.attempt.verdict, Some(TransportVerdict::Encrypted));
+    let m = auth(&report).mta_sts.clone().unwrap();
+    assert_eq!((m.mode.as_str(), m.covered), ("testing", false));
+    assert!(sent_mail(&logs_settled(&logs, 1).await));
+}
