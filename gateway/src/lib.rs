@@ -29,3 +29,6 @@ pub mod smtp;
 pub mod spool;
 pub mod system;
 pub mod tls;
+
+#[cfg(test)]
+mod testutil;

@@ -1162,86 +1162,31 @@ mod tests {
         assert_eq!(r.temp_error.as_deref(), Some("timeout"));
     }
 
-    /// A tiny authoritative-style DNS responder on 127.0.0.1 (UDP), answering from a
-    /// fixed table, so the resolver's classification is checked against what hickory
-    /// really returns for NXDOMAIN, NODATA and SERVFAIL.
-    async fn fake_dns() -> std::net::SocketAddr {
-        use hickory_resolver::proto::op::{Message, OpCode};
-        use hickory_resolver::proto::rr::rdata::MX;
-
-        enum Ans {
-            Rr(Vec<RData>),
-            NoData,
-            Nx,
-            ServFail,
-        }
-        fn n(s: &str) -> Name {
-            Name::from_ascii(s).unwrap()
-        }
-        fn table(name: &str, t: RecordType) -> Ans {
-            use RecordType as T;
-            let mx = |p: u16, h: &str| RData::MX(MX::new(p, n(h)));
-            let a = |d: u8| RData::A(A::new(127, 0, 0, d));
-            match (name, t) {
-                ("mx.example.test.", T::MX) => Ans::Rr(vec![
-                    mx(20, "backup.example.test."),
-                    mx(10, "mx1.example.test."),
-                    mx(10, "mx2.example.test."),
-                ]),
-                ("null.example.test.", T::MX) => Ans::Rr(vec![mx(0, ".")]),
-                ("nx.example.test.", _) => Ans::Nx,
-                ("fail.example.test.", _) => Ans::ServFail,
-                ("implicit.example.test.", T::A) => Ans::Rr(vec![a(5)]),
-                ("mx1.example.test.", T::A) => Ans::Rr(vec![a(11)]),
-                ("mx2.example.test.", T::AAAA) => {
-                    Ans::Rr(vec![RData::AAAA(AAAA::new(0, 0, 0, 0, 0, 0, 0, 1))])
-                }
-                _ => Ans::NoData,
-            }
-        }
-
-        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = sock.local_addr().unwrap();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            while let Ok((len, peer)) = sock.recv_from(&mut buf).await {
-                let Ok(req) = Message::from_vec(&buf[..len]) else {
-                    continue;
-                };
-                let Some(q) = req.queries.first().cloned() else {
-                    continue;
-                };
-                let mut resp = Message::response(req.metadata.id, OpCode::Query);
-                resp.metadata.recursion_desired = true;
-                resp.metadata.recursion_available = true;
-                resp.add_query(q.clone());
-                let qname = q.name().to_ascii().to_ascii_lowercase();
-                match table(&qname, q.query_type()) {
-                    Ans::Rr(rdatas) => {
-                        for rd in rdatas {
-                            resp.add_answer(Record::from_rdata(q.name().clone(), 60, rd));
-                        }
-                    }
-                    Ans::NoData => {}
-                    Ans::Nx => resp.metadata.response_code = ResponseCode::NXDomain,
-                    Ans::ServFail => resp.metadata.response_code = ResponseCode::ServFail,
-                }
-                if let Ok(bytes) = resp.to_vec() {
-                    let _ = sock.send_to(&bytes, peer).await;
-                }
-            }
-        });
-        addr
-    }
-
     #[tokio::test]
     async fn resolver_against_a_local_dns_server() {
-        let server = fake_dns().await;
-        let r = Resolver::unvalidated_for_tests(&DnsConfig {
-            servers: vec![server],
-            timeout: Duration::from_secs(1),
-            trust_anchor: None,
-        });
+        // A local responder, so the classification is checked against what hickory
+        // really returns for NXDOMAIN, NODATA and SERVFAIL.
+        let dns = crate::testutil::dns::TestDns::start().await;
+        dns.mx(
+            "mx.example.test",
+            &[
+                (20, "backup.example.test."),
+                (10, "mx1.example.test."),
+                (10, "mx2.example.test."),
+            ],
+        );
+        dns.mx("null.example.test", &[(0, ".")]);
+        dns.nxdomain("nx.example.test");
+        dns.servfail("fail.example.test", RecordType::MX);
+        dns.servfail("fail.example.test", RecordType::A);
+        dns.servfail("fail.example.test", RecordType::AAAA);
+        dns.a(
+            "implicit.example.test",
+            std::net::Ipv4Addr::new(127, 0, 0, 5),
+        );
+        dns.a("mx1.example.test", std::net::Ipv4Addr::new(127, 0, 0, 11));
+        dns.aaaa("mx2.example.test", std::net::Ipv6Addr::LOCALHOST);
+        let r = dns.resolver();
 
         match r.resolve_mx("MX.example.test").await {
             MxResult::Hosts {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::testutil::{Canned, TestCa, TestDns, TestHttps};
+use super::testutil::{Canned, StsDns, TestCa, TestDns, TestHttps};
 use super::*;
 
 const ENFORCE: &str =

@@ -1,125 +1,27 @@
-//! Test peers on 127.0.0.1: a DNS responder answering from a table the test can
-//! change while it runs, a test CA, and an HTTPS server that serves canned HTTP
-//! responses per Host header (so malformed answers can be served on purpose).
+//! Test peers on 127.0.0.1 for MTA-STS: the shared DNS responder with an STS helper,
+//! a test CA, and an HTTPS server that serves canned HTTP responses per Host header
+//! (so malformed answers can be served on purpose).
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hickory_resolver::proto::op::{Message, OpCode, ResponseCode};
-use hickory_resolver::proto::rr::rdata::{A, TXT};
-use hickory_resolver::proto::rr::{RData, Record, RecordType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::DnsConfig;
-use crate::dns::Resolver;
+pub use crate::testutil::dns::TestDns;
 
-#[derive(Clone)]
-enum Answer {
-    Records(Vec<RData>),
-    ServFail,
+/// MTA-STS set-up on the shared test DNS responder.
+pub trait StsDns {
+    fn sts_domain(&self, domain: &str, id: &str);
 }
 
-type Table = Arc<Mutex<HashMap<(String, RecordType), Answer>>>;
-
-/// A UDP DNS responder on 127.0.0.1. Names not in the table get an empty NOERROR
-/// answer (NODATA). Every answer has TTL 0, so changes are seen at once.
-pub struct TestDns {
-    pub addr: SocketAddr,
-    table: Table,
-}
-
-fn key(name: &str, t: RecordType) -> (String, RecordType) {
-    (
-        format!("{}.", name.trim_end_matches('.').to_ascii_lowercase()),
-        t,
-    )
-}
-
-impl TestDns {
-    pub async fn start() -> TestDns {
-        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = sock.local_addr().unwrap();
-        let table: Table = Arc::default();
-        let t = table.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            while let Ok((len, peer)) = sock.recv_from(&mut buf).await {
-                let Ok(req) = Message::from_vec(&buf[..len]) else {
-                    continue;
-                };
-                let Some(q) = req.queries.first().cloned() else {
-                    continue;
-                };
-                let mut resp = Message::response(req.metadata.id, OpCode::Query);
-                resp.metadata.recursion_desired = true;
-                resp.metadata.recursion_available = true;
-                resp.add_query(q.clone());
-                let answer = t
-                    .lock()
-                    .unwrap()
-                    .get(&key(&q.name().to_ascii(), q.query_type()))
-                    .cloned();
-                match answer {
-                    Some(Answer::Records(rdatas)) => {
-                        for rd in rdatas {
-                            resp.add_answer(Record::from_rdata(q.name().clone(), 0, rd));
-                        }
-                    }
-                    Some(Answer::ServFail) => resp.metadata.response_code = ResponseCode::ServFail,
-                    None => {}
-                }
-                if let Ok(bytes) = resp.to_vec() {
-                    let _ = sock.send_to(&bytes, peer).await;
-                }
-            }
-        });
-        TestDns { addr, table }
-    }
-
-    fn set(&self, name: &str, t: RecordType, a: Answer) {
-        self.table.lock().unwrap().insert(key(name, t), a);
-    }
-
-    /// TXT records at `name`, one per string (an empty slice removes them).
-    pub fn txt(&self, name: &str, records: &[&str]) {
-        if records.is_empty() {
-            self.table
-                .lock()
-                .unwrap()
-                .remove(&key(name, RecordType::TXT));
-            return;
-        }
-        let rds = records
-            .iter()
-            .map(|r| RData::TXT(TXT::new(vec![r.to_string()])))
-            .collect();
-        self.set(name, RecordType::TXT, Answer::Records(rds));
-    }
-
-    pub fn a(&self, name: &str, ip: Ipv4Addr) {
-        self.set(name, RecordType::A, Answer::Records(vec![RData::A(A(ip))]));
-    }
-
-    pub fn servfail(&self, name: &str, t: RecordType) {
-        self.set(name, t, Answer::ServFail);
-    }
-
-    /// A resolver asking only this responder.
-    pub fn resolver(&self) -> Resolver {
-        Resolver::unvalidated_for_tests(&DnsConfig {
-            servers: vec![self.addr],
-            timeout: Duration::from_secs(2),
-            trust_anchor: None,
-        })
-    }
-
+impl StsDns for TestDns {
     /// A domain with an STS record and a policy host on 127.0.0.1.
-    pub fn sts_domain(&self, domain: &str, id: &str) {
+    fn sts_domain(&self, domain: &str, id: &str) {
         self.txt(
             &format!("_mta-sts.{domain}"),
             &[&format!("v=STSv1; id={id};")],

@@ -1,0 +1,3 @@
+//! Test peers shared by the unit tests of several modules.
+
+pub mod dns;
