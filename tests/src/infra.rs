@@ -31,6 +31,52 @@ pub const LAN_MTA_ADDR: &str = "127.0.30.1:25";
 /// time may run a relay there: [`Infra::lan_relay_lock`].
 pub const LAN_RELAY_ADDR: &str = "127.0.30.25:2525";
 
+/// The MTA-STS policy web server (nginx, HTTPS on port 443): every
+/// `mta-sts.<domain>` of the MTA-STS scenarios points here.
+pub const STS_HTTPS_IP: &str = "127.0.20.50";
+
+/// The MTA-STS scenarios: (policy domain, mode, the one `mx:` pattern, whether the
+/// policy host `mta-sts.<domain>` presents a valid certificate for its name). Each
+/// domain has `_mta-sts.<domain> TXT "v=STSv1; id=..."` and `mta-sts.<domain> A`
+/// [`STS_HTTPS_IP`], where nginx serves the policy.
+pub const STS_POLICY_HOSTS: &[(&str, &str, &str, bool)] = &[
+    // enforce, MX covered, MX name only in unsigned DNS: verified by MTA-STS.
+    (
+        "sts-ok.insecure.example.test",
+        "enforce",
+        "mx-sts.insecure.example.test",
+        true,
+    ),
+    // enforce, the MX is not covered by the policy.
+    (
+        "sts-nomx.insecure.example.test",
+        "enforce",
+        "mx.elsewhere.example.test",
+        true,
+    ),
+    // the policy host's certificate is for another name: fetch error, no policy.
+    (
+        "sts-wrongname.insecure.example.test",
+        "enforce",
+        "mx-sts.insecure.example.test",
+        false,
+    ),
+    // DANE-EE MX with an enforce policy that does not cover it: DANE wins (E7).
+    (
+        "sts-dane.example.test",
+        "enforce",
+        "mx.elsewhere.example.test",
+        true,
+    ),
+    // testing, MX with a self-signed certificate.
+    (
+        "sts-testing.example.test",
+        "testing",
+        "mx-self.example.test",
+        true,
+    ),
+];
+
 /// Benchmark sink (`smtp-sink`, plaintext), MX of `bench.example.test`.
 pub const BENCH_SINK_IP: &str = "127.0.40.1";
 /// Benchmark TLS sink (a Postfix smtpd with STARTTLS proxying to the plaintext
@@ -41,7 +87,8 @@ pub const BENCH_DOWN_IP: &str = "127.0.40.9";
 
 /// Bump when anything generated below changes: a running infrastructure with
 /// another generation is torn down and rebuilt.
-const GENERATION: &str = "qrelay-test-infra v3 (signed root, test., example.test)";
+const GENERATION: &str =
+    "qrelay-test-infra v4 (DANE, MTA-STS and TLS scenario MXes, nginx policy host)";
 
 /// Domains every receiving MX accepts mail for.
 pub const MAIL_DOMAINS: &[&str] = &[
@@ -56,6 +103,26 @@ pub const MAIL_DOMAINS: &[&str] = &[
     "bogus.example.test",
     "insecure.example.test",
     "alias.example.test",
+    // DANE, MTA-STS and TLS scenarios (issue 3), see [`test_zones`].
+    "dane-ee.example.test",
+    "dane-ta.example.test",
+    "dane-mismatch.example.test",
+    "dane-selector.example.test",
+    "dane-plain.example.test",
+    "dane-otherca.example.test",
+    "tlsa-bogus.example.test",
+    "bogus-host.example.test",
+    "dane-insecure.example.test",
+    "expired.example.test",
+    "tls10.example.test",
+    "otherca.example.test",
+    "two-mx.example.test",
+    "sts-dane.example.test",
+    "sts-testing.example.test",
+    "sts-ok.insecure.example.test",
+    "sts-nomx.insecure.example.test",
+    "sts-wrongname.insecure.example.test",
+    "pkix.insecure.example.test",
 ];
 
 /// One receiving MX (a Postfix instance).
@@ -71,6 +138,22 @@ pub enum Mx {
     /// mx.lan.test, 127.0.20.4: the MX of the LAN's own domain `lan.test`, where
     /// DSNs to LAN senders arrive. STARTTLS with a certificate from the test CA.
     Lan,
+    /// mx-dane-ee.example.test, 127.0.20.10: self-signed certificate, published as
+    /// TLSA 3 1 1 (DANE-EE, SPKI SHA-256).
+    DaneEe,
+    /// mx-dane-ta.example.test, 127.0.20.11: test-CA certificate (chain includes the
+    /// CA), published as TLSA 2 0 1 of the test CA.
+    DaneTa,
+    /// mx-sts.insecure.example.test, 127.0.20.12: test-CA certificate; its name lies
+    /// in the unsigned zone, so only MTA-STS can make it `verified`.
+    Sts,
+    /// mx-expired.example.test, 127.0.20.13: test-CA certificate that expired in 2021.
+    Expired,
+    /// mx-tls10.example.test, 127.0.20.14: test-CA certificate, TLS 1.0 only.
+    Tls10,
+    /// mx-otherca.example.test, 127.0.20.15: certificate from a second CA that no
+    /// relay trusts.
+    OtherCa,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,10 +161,24 @@ enum TlsMode {
     CaSigned,
     SelfSigned,
     None,
+    /// Signed by the test CA, validity 2020-01-01 .. 2021-01-01.
+    Expired,
+    /// Signed by another CA (`other-ca.pem`, not in any relay's `ca_file`).
+    OtherCa,
 }
 
 impl Mx {
+    /// The general-purpose MXes (every test may send to them).
     pub const ALL: [Mx; 4] = [Mx::Ca, Mx::SelfSigned, Mx::Plain, Mx::Lan];
+    /// The MXes of the DANE / MTA-STS / TLS scenarios (issue 3).
+    pub const SCENARIO: [Mx; 6] = [
+        Mx::DaneEe,
+        Mx::DaneTa,
+        Mx::Sts,
+        Mx::Expired,
+        Mx::Tls10,
+        Mx::OtherCa,
+    ];
 
     /// Instance name (directory under `<state>/postfix/`).
     pub fn name(self) -> &'static str {
@@ -90,6 +187,12 @@ impl Mx {
             Mx::SelfSigned => "mx-self",
             Mx::Plain => "mx-plain",
             Mx::Lan => "mx-lan",
+            Mx::DaneEe => "mx-dane-ee",
+            Mx::DaneTa => "mx-dane-ta",
+            Mx::Sts => "mx-sts",
+            Mx::Expired => "mx-expired",
+            Mx::Tls10 => "mx-tls10",
+            Mx::OtherCa => "mx-otherca",
         }
     }
 
@@ -99,6 +202,12 @@ impl Mx {
             Mx::SelfSigned => "mx-self.example.test",
             Mx::Plain => "mx-plain.example.test",
             Mx::Lan => "mx.lan.test",
+            Mx::DaneEe => "mx-dane-ee.example.test",
+            Mx::DaneTa => "mx-dane-ta.example.test",
+            Mx::Sts => "mx-sts.insecure.example.test",
+            Mx::Expired => "mx-expired.example.test",
+            Mx::Tls10 => "mx-tls10.example.test",
+            Mx::OtherCa => "mx-otherca.example.test",
         }
     }
 
@@ -108,6 +217,12 @@ impl Mx {
             Mx::SelfSigned => Ipv4Addr::new(127, 0, 20, 2),
             Mx::Plain => Ipv4Addr::new(127, 0, 20, 3),
             Mx::Lan => Ipv4Addr::new(127, 0, 20, 4),
+            Mx::DaneEe => Ipv4Addr::new(127, 0, 20, 10),
+            Mx::DaneTa => Ipv4Addr::new(127, 0, 20, 11),
+            Mx::Sts => Ipv4Addr::new(127, 0, 20, 12),
+            Mx::Expired => Ipv4Addr::new(127, 0, 20, 13),
+            Mx::Tls10 => Ipv4Addr::new(127, 0, 20, 14),
+            Mx::OtherCa => Ipv4Addr::new(127, 0, 20, 15),
         }
     }
 
@@ -117,9 +232,26 @@ impl Mx {
 
     fn tls(self) -> TlsMode {
         match self {
-            Mx::Ca | Mx::Lan => TlsMode::CaSigned,
-            Mx::SelfSigned => TlsMode::SelfSigned,
+            Mx::Ca | Mx::Lan | Mx::DaneTa | Mx::Sts | Mx::Tls10 => TlsMode::CaSigned,
+            Mx::SelfSigned | Mx::DaneEe => TlsMode::SelfSigned,
             Mx::Plain => TlsMode::None,
+            Mx::Expired => TlsMode::Expired,
+            Mx::OtherCa => TlsMode::OtherCa,
+        }
+    }
+
+    /// Extra main.cf settings of this instance.
+    fn extra_main_cf(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            // TLS 1.0 only. OpenSSL 3 refuses TLS < 1.2 above security level 0.
+            Mx::Tls10 => &[
+                ("smtpd_tls_protocols", ">=TLSv1 <=TLSv1"),
+                ("smtpd_tls_mandatory_protocols", ">=TLSv1 <=TLSv1"),
+                ("smtpd_tls_ciphers", "medium"),
+                ("smtpd_tls_mandatory_ciphers", "medium"),
+                ("tls_medium_cipherlist", "DEFAULT:@SECLEVEL=0"),
+            ],
+            _ => &[],
         }
     }
 
@@ -130,8 +262,143 @@ impl Mx {
             Mx::SelfSigned => &["mx-self.example.test"],
             Mx::Plain => &[],
             Mx::Lan => &["mx.lan.test"],
+            Mx::DaneEe => &["mx-dane-ee.example.test"],
+            Mx::DaneTa => &["mx-dane-ta.example.test"],
+            Mx::Sts => &["mx-sts.insecure.example.test"],
+            Mx::Expired => &["mx-expired.example.test"],
+            Mx::Tls10 => &["mx-tls10.example.test"],
+            Mx::OtherCa => &["mx-otherca.example.test"],
         }
     }
+}
+
+const EC_KEY: [&str; 4] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+
+/// Make `<name>.key`, `<name>.pem` and `<name>-chain.pem` (leaf, then the issuing
+/// CA unless self-signed) in `dir`.
+fn make_leaf(dir: &Path, name: &str, cn: &str, names: &[&str], mode: TlsMode) -> Result<()> {
+    let sans: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+    let cnf = format!(
+        "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = {cn}\n\
+         [leaf]\nbasicConstraints = critical,CA:FALSE\n\
+         keyUsage = critical,digitalSignature\nextendedKeyUsage = serverAuth\n\
+         subjectAltName = {sans}\n",
+        sans = sans.join(","),
+    );
+    let cnf_file = format!("{name}.cnf");
+    let key = format!("{name}.key");
+    let crt = format!("{name}.pem");
+    let csr = format!("{name}.csr");
+    fs::write(dir.join(&cnf_file), cnf)?;
+    let ca = match mode {
+        TlsMode::None => return Ok(()),
+        TlsMode::SelfSigned => {
+            run_in(
+                dir,
+                "openssl",
+                &[
+                    &["req", "-x509", "-new", "-nodes", "-config", &cnf_file][..],
+                    &["-extensions", "leaf", "-days", "825"],
+                    &EC_KEY,
+                    &["-keyout", &key, "-out", &crt],
+                ]
+                .concat(),
+            )?;
+            None
+        }
+        TlsMode::CaSigned | TlsMode::OtherCa | TlsMode::Expired => {
+            let ca = if mode == TlsMode::OtherCa {
+                "other-ca"
+            } else {
+                "ca"
+            };
+            run_in(
+                dir,
+                "openssl",
+                &[
+                    &["req", "-new", "-nodes", "-config", &cnf_file][..],
+                    &EC_KEY,
+                    &["-keyout", &key, "-out", &csr],
+                ]
+                .concat(),
+            )?;
+            let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
+            if mode == TlsMode::Expired {
+                // `openssl x509 -req` (OpenSSL 3.0) cannot set dates in the past;
+                // `openssl ca` can.
+                let db = format!("{name}.index");
+                fs::write(dir.join(&db), "")?;
+                fs::write(dir.join(format!("{name}.serial")), "1000\n")?;
+                fs::write(
+                    dir.join(format!("{name}-ca.cnf")),
+                    format!(
+                        "[ca]\ndefault_ca = d\n[d]\ndatabase = {db}\nnew_certs_dir = .\n\
+                         serial = {name}.serial\ndefault_md = sha256\npolicy = p\n\
+                         unique_subject = no\n[p]\ncommonName = supplied\n"
+                    ),
+                )?;
+                run_in(
+                    dir,
+                    "openssl",
+                    &[
+                        "ca",
+                        "-batch",
+                        "-notext",
+                        "-config",
+                        &format!("{name}-ca.cnf"),
+                        "-cert",
+                        &ca_pem,
+                        "-keyfile",
+                        &ca_key,
+                        "-in",
+                        &csr,
+                        "-startdate",
+                        "20200101000000Z",
+                        "-enddate",
+                        "20210101000000Z",
+                        "-extfile",
+                        &cnf_file,
+                        "-extensions",
+                        "leaf",
+                        "-out",
+                        &crt,
+                    ],
+                )?;
+            } else {
+                run_in(
+                    dir,
+                    "openssl",
+                    &[
+                        "x509",
+                        "-req",
+                        "-in",
+                        &csr,
+                        "-CA",
+                        &ca_pem,
+                        "-CAkey",
+                        &ca_key,
+                        "-CAcreateserial",
+                        "-days",
+                        "825",
+                        "-extfile",
+                        &cnf_file,
+                        "-extensions",
+                        "leaf",
+                        "-out",
+                        &crt,
+                    ],
+                )?;
+            }
+            Some(ca_pem)
+        }
+    };
+    let mut chain = fs::read_to_string(dir.join(&crt))?;
+    if let Some(ca) = ca {
+        chain += &fs::read_to_string(dir.join(ca))?;
+    }
+    fs::write(dir.join(format!("{name}-chain.pem")), chain)?;
+    fs::set_permissions(dir.join(&key), fs::Permissions::from_mode(0o644))?;
+    Ok(())
 }
 
 /// The running infrastructure (one per test process, shared by all of them).
@@ -204,7 +471,7 @@ impl Infra {
         }
         // Stop whatever half-state is there and build everything fresh.
         infra.teardown()?;
-        for sub in ["certs", "knot", "postfix"] {
+        for sub in ["certs", "knot", "postfix", "nginx"] {
             let p = state.join(sub);
             if p.exists() {
                 fs::remove_dir_all(&p).with_context(|| format!("remove {}", p.display()))?;
@@ -214,9 +481,13 @@ impl Infra {
         ensure_default_postfix_config()?;
         infra.make_certs().context("test certificates")?;
         infra.start_knot().context("Knot DNS")?;
+        infra.start_nginx().context("nginx (MTA-STS policy host)")?;
         // The Postfix instances are independent: start them side by side.
-        let mut instances: Vec<PostfixInstance> =
-            Mx::ALL.iter().map(|m| PostfixInstance::mx(*m)).collect();
+        let mut instances: Vec<PostfixInstance> = Mx::ALL
+            .iter()
+            .chain(Mx::SCENARIO.iter())
+            .map(|m| PostfixInstance::mx(*m))
+            .collect();
         instances.push(PostfixInstance::lan_mta());
         std::thread::scope(|s| {
             let handles: Vec<_> = instances
@@ -264,8 +535,13 @@ impl Infra {
         if !answer.contains("mx-ca.example.test.") {
             bail!("Knot answers MX ca.example.test with {answer:?}");
         }
-        let mut addrs: Vec<SocketAddr> = Mx::ALL.iter().map(|m| m.addr()).collect();
+        let mut addrs: Vec<SocketAddr> = Mx::ALL
+            .iter()
+            .chain(Mx::SCENARIO.iter())
+            .map(|m| m.addr())
+            .collect();
         addrs.push(LAN_MTA_ADDR.parse()?);
+        addrs.push(SocketAddr::new(STS_HTTPS_IP.parse()?, 443));
         for a in addrs {
             TcpStream::connect_timeout(&a, Duration::from_secs(2))
                 .with_context(|| format!("connect to Postfix at {a}"))?;
@@ -319,98 +595,54 @@ impl Infra {
     fn make_certs(&self) -> Result<()> {
         let dir = self.certs_dir();
         fs::create_dir_all(&dir)?;
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
-        fs::write(
-            dir.join("ca.cnf"),
-            "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = qrelay test CA\n\
-             [v3_ca]\nbasicConstraints = critical,CA:TRUE\n\
-             keyUsage = critical,keyCertSign,cRLSign\nsubjectKeyIdentifier = hash\n",
-        )?;
-        run_in(
-            &dir,
-            "openssl",
-            &[
-                &["req", "-x509", "-new", "-nodes", "-config", "ca.cnf"][..],
-                &["-extensions", "v3_ca", "-days", "3650"],
-                &ec,
-                &["-keyout", "ca.key", "-out", "ca.pem"],
-            ]
-            .concat(),
-        )?;
-        for mx in Mx::ALL {
-            let name = mx.name();
-            let sans: Vec<String> = mx.cert_names().iter().map(|n| format!("DNS:{n}")).collect();
-            let cnf = format!(
-                "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = {cn}\n\
-                 [leaf]\nbasicConstraints = critical,CA:FALSE\n\
-                 keyUsage = critical,digitalSignature\nextendedKeyUsage = serverAuth\n\
-                 subjectAltName = {sans}\n",
-                cn = mx.hostname(),
-                sans = sans.join(","),
+        for (ca, cn) in [("ca", "qrelay test CA"), ("other-ca", "unknown test CA")] {
+            fs::write(
+                dir.join(format!("{ca}.cnf")),
+                format!(
+                    "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = {cn}\n\
+                     [v3_ca]\nbasicConstraints = critical,CA:TRUE\n\
+                     keyUsage = critical,keyCertSign,cRLSign\nsubjectKeyIdentifier = hash\n"
+                ),
+            )?;
+            let (cnf, key, pem) = (
+                format!("{ca}.cnf"),
+                format!("{ca}.key"),
+                format!("{ca}.pem"),
             );
-            let cnf_file = format!("{name}.cnf");
-            let key = format!("{name}.key");
-            let crt = format!("{name}.pem");
-            match mx.tls() {
-                TlsMode::None => continue,
-                TlsMode::SelfSigned => {
-                    fs::write(dir.join(&cnf_file), cnf)?;
-                    run_in(
-                        &dir,
-                        "openssl",
-                        &[
-                            &["req", "-x509", "-new", "-nodes", "-config", &cnf_file][..],
-                            &["-extensions", "leaf", "-days", "825"],
-                            &ec,
-                            &["-keyout", &key, "-out", &crt],
-                        ]
-                        .concat(),
-                    )?;
-                    fs::copy(dir.join(&crt), dir.join(format!("{name}-chain.pem")))?;
-                }
-                TlsMode::CaSigned => {
-                    fs::write(dir.join(&cnf_file), cnf)?;
-                    let csr = format!("{name}.csr");
-                    run_in(
-                        &dir,
-                        "openssl",
-                        &[
-                            &["req", "-new", "-nodes", "-config", &cnf_file][..],
-                            &ec,
-                            &["-keyout", &key, "-out", &csr],
-                        ]
-                        .concat(),
-                    )?;
-                    run_in(
-                        &dir,
-                        "openssl",
-                        &[
-                            "x509",
-                            "-req",
-                            "-in",
-                            &csr,
-                            "-CA",
-                            "ca.pem",
-                            "-CAkey",
-                            "ca.key",
-                            "-CAcreateserial",
-                            "-days",
-                            "825",
-                            "-extfile",
-                            &cnf_file,
-                            "-extensions",
-                            "leaf",
-                            "-out",
-                            &crt,
-                        ],
-                    )?;
-                    let chain = fs::read_to_string(dir.join(&crt))?
-                        + &fs::read_to_string(dir.join("ca.pem"))?;
-                    fs::write(dir.join(format!("{name}-chain.pem")), chain)?;
-                }
-            }
-            fs::set_permissions(dir.join(&key), fs::Permissions::from_mode(0o644))?;
+            run_in(
+                &dir,
+                "openssl",
+                &[
+                    &["req", "-x509", "-new", "-nodes", "-config", &cnf][..],
+                    &["-extensions", "v3_ca", "-days", "3650"],
+                    &EC_KEY,
+                    &["-keyout", &key, "-out", &pem],
+                ]
+                .concat(),
+            )?;
         }
+        for mx in Mx::ALL.iter().chain(Mx::SCENARIO.iter()) {
+            if mx.tls() == TlsMode::None {
+                continue;
+            }
+            make_leaf(&dir, mx.name(), mx.hostname(), mx.cert_names(), mx.tls())?;
+        }
+        // MTA-STS policy hosts: one test-CA certificate naming every good policy
+        // host (no wildcard, standards.md B5), and one for another name.
+        let good: Vec<String> = STS_POLICY_HOSTS
+            .iter()
+            .filter(|(_, _, _, good)| *good)
+            .map(|(d, _, _, _)| format!("mta-sts.{d}"))
+            .collect();
+        let good: Vec<&str> = good.iter().map(String::as_str).collect();
+        make_leaf(&dir, "mta-sts", good[0], &good, TlsMode::CaSigned)?;
+        make_leaf(
+            &dir,
+            "mta-sts-wrong",
+            "mta-sts.elsewhere.example.test",
+            &["mta-sts.elsewhere.example.test"],
+            TlsMode::CaSigned,
+        )?;
         Ok(())
     }
 
@@ -497,6 +729,70 @@ impl Infra {
                 _ => std::thread::sleep(Duration::from_millis(100)),
             }
         }
+    }
+
+    // ----------------------------------------------------------------------- nginx
+
+    /// nginx on [`STS_HTTPS_IP`]:443 serving the MTA-STS policies of
+    /// [`STS_POLICY_HOSTS`], one server block (SNI name) per policy host.
+    fn start_nginx(&self) -> Result<()> {
+        let dir = self.state_dir.join("nginx");
+        let policies = dir.join("policies");
+        fs::create_dir_all(&policies)?;
+        for sub in ["", "policies"] {
+            fs::set_permissions(dir.join(sub), fs::Permissions::from_mode(0o755))?;
+        }
+        let certs = self.certs_dir();
+        let mut conf = String::new();
+        writeln!(conf, "daemon on;\nworker_processes 1;")?;
+        writeln!(conf, "pid {};", dir.join("nginx.pid").display())?;
+        writeln!(conf, "error_log {} info;", dir.join("error.log").display())?;
+        writeln!(conf, "events {{ worker_connections 256; }}")?;
+        writeln!(conf, "http {{")?;
+        writeln!(conf, "  access_log {};", dir.join("access.log").display())?;
+        for t in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+            writeln!(
+                conf,
+                "  {t}_temp_path {};",
+                dir.join(format!("tmp-{t}")).display()
+            )?;
+        }
+        writeln!(conf, "  default_type text/plain;")?;
+        for (domain, mode, mx, good) in STS_POLICY_HOSTS {
+            let file = policies.join(format!("{domain}.txt"));
+            fs::write(
+                &file,
+                format!("version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 86400\r\n"),
+            )?;
+            fs::set_permissions(&file, fs::Permissions::from_mode(0o644))?;
+            let cert = if *good { "mta-sts" } else { "mta-sts-wrong" };
+            writeln!(conf, "  server {{")?;
+            writeln!(conf, "    listen {STS_HTTPS_IP}:443 ssl;")?;
+            writeln!(conf, "    server_name mta-sts.{domain};")?;
+            writeln!(
+                conf,
+                "    ssl_certificate {};",
+                certs.join(format!("{cert}-chain.pem")).display()
+            )?;
+            writeln!(
+                conf,
+                "    ssl_certificate_key {};",
+                certs.join(format!("{cert}.key")).display()
+            )?;
+            writeln!(
+                conf,
+                "    location = /.well-known/mta-sts.txt {{ alias {}; }}",
+                file.display()
+            )?;
+            writeln!(conf, "    location / {{ return 404; }}")?;
+            writeln!(conf, "  }}")?;
+        }
+        writeln!(conf, "}}")?;
+        let conf_file = dir.join("nginx.conf");
+        fs::write(&conf_file, conf)?;
+        run_in(&dir, "nginx", &["-c", path_str(&conf_file)?, "-t", "-q"])?;
+        run_in(&dir, "nginx", &["-c", path_str(&conf_file)?])?;
+        Ok(())
     }
 
     // --------------------------------------------------------------------- Postfix
@@ -623,6 +919,9 @@ impl Infra {
                 kv("smtp_connect_timeout", "5s");
                 kv("smtpd_recipient_restrictions", "permit_mynetworks, reject");
             }
+        }
+        for (k, v) in inst.extra {
+            kv(k, v);
         }
         match inst.tls {
             TlsMode::None => kv("smtpd_tls_security_level", "none"),
@@ -810,6 +1109,7 @@ struct PostfixInstance {
     listen: String,
     tls: TlsMode,
     role: Role,
+    extra: &'static [(&'static str, &'static str)],
 }
 
 impl PostfixInstance {
@@ -820,6 +1120,7 @@ impl PostfixInstance {
             listen: mx.addr().to_string(),
             tls: mx.tls(),
             role: Role::Mx,
+            extra: mx.extra_main_cf(),
         }
     }
 
@@ -829,6 +1130,7 @@ impl PostfixInstance {
             hostname: "mail.lan.test".into(),
             listen: LAN_MTA_ADDR.into(),
             tls: TlsMode::None,
+            extra: &[],
             role: Role::LanMta {
                 relayhost: {
                     let a: SocketAddr = LAN_RELAY_ADDR.parse().expect("literal");
@@ -973,10 +1275,75 @@ pub fn tlsa(host: &str, rdata: &str) -> String {
     format!("_25._tcp.{host} TLSA {rdata}")
 }
 
+/// SHA-256 (hex) of the DER SubjectPublicKeyInfo of the certificate `<certs>/<name>.pem`.
+pub fn spki_sha256(name: &str) -> String {
+    let pem = state_dir().join("certs").join(format!("{name}.pem"));
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(
+            "openssl x509 -in \"$1\" -noout -pubkey | openssl pkey -pubin -outform DER \
+             | openssl dgst -sha256 -r",
+        )
+        .arg("sh")
+        .arg(&pem)
+        .output()
+        .expect("run openssl");
+    digest_of(&out.stdout, &pem)
+}
+
+/// SHA-256 (hex) of the DER certificate `<certs>/<name>.pem`.
+pub fn cert_sha256(name: &str) -> String {
+    let pem = state_dir().join("certs").join(format!("{name}.pem"));
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("openssl x509 -in \"$1\" -outform DER | openssl dgst -sha256 -r")
+        .arg("sh")
+        .arg(&pem)
+        .output()
+        .expect("run openssl");
+    digest_of(&out.stdout, &pem)
+}
+
+fn digest_of(out: &[u8], pem: &Path) -> String {
+    let hex = String::from_utf8_lossy(out)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        hex.len() == 64,
+        "no SHA-256 digest for {} (certificates made?)",
+        pem.display()
+    );
+    hex
+}
+
 /// DANE scenario records of `example.test` (TLSA at `_25._tcp.<mx>`, built with
-/// [`tlsa`]). Empty until the DANE scenarios add theirs.
+/// [`tlsa`]), computed from the certificates made before Knot starts.
 pub fn dane_records() -> Vec<String> {
-    Vec::new()
+    let ca_spki = spki_sha256("mx-ca");
+    vec![
+        // DANE-EE ok: SPKI of mx-dane-ee's own (self-signed) certificate.
+        tlsa(
+            "mx-dane-ee",
+            &format!("3 1 1 {}", spki_sha256("mx-dane-ee")),
+        ),
+        // DANE-TA ok: the full test CA certificate (sent in the chain).
+        tlsa("mx-dane-ta", &format!("2 0 1 {}", cert_sha256("ca"))),
+        // Mismatch: a name for mx-ca (127.0.20.1) with another key's digest.
+        tlsa(
+            "mx-dane-mismatch",
+            &format!("3 1 1 {}", spki_sha256("mx-self")),
+        ),
+        // Mismatch by selector: mx-ca's SPKI digest published as selector 0.
+        tlsa("mx-dane-selector", &format!("3 0 1 {ca_spki}")),
+        // A usable TLSA record on the MX without STARTTLS (127.0.20.3).
+        tlsa("mx-dane-plain", &format!("3 1 1 {ca_spki}")),
+        // Usage 2 with the test CA, but the server's chain is from another CA.
+        tlsa("mx-dane-otherca", &format!("2 0 1 {}", cert_sha256("ca"))),
+        // The TLSA RRset of a secure host lives (via CNAME) in the bogus zone.
+        "_25._tcp.mx-tlsa-bogus CNAME _25._tcp.mx.bogus.example.test.".into(),
+    ]
 }
 
 /// The test zones: a signed test root, the signed TLD `test.`, the signed
@@ -1014,12 +1381,76 @@ pub fn test_zones() -> Vec<Zone> {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    example.extend(
+        [
+            "mx-dane-ee A 127.0.20.10",
+            "mx-dane-ta A 127.0.20.11",
+            "mx-expired A 127.0.20.13",
+            "mx-tls10 A 127.0.20.14",
+            "mx-otherca A 127.0.20.15",
+            "mx-dane-mismatch A 127.0.20.1",
+            "mx-dane-selector A 127.0.20.1",
+            "mx-dane-plain A 127.0.20.3",
+            "mx-dane-otherca A 127.0.20.15",
+            "mx-tlsa-bogus A 127.0.20.1",
+            "dane-ee MX 10 mx-dane-ee",
+            "dane-ta MX 10 mx-dane-ta",
+            "dane-mismatch MX 10 mx-dane-mismatch",
+            "dane-selector MX 10 mx-dane-selector",
+            "dane-plain MX 10 mx-dane-plain",
+            "dane-otherca MX 10 mx-dane-otherca",
+            "tlsa-bogus MX 10 mx-tlsa-bogus",
+            // The MX host lives in the bogus zone (its address and TLSA are bogus).
+            "bogus-host MX 10 mx.bogus.example.test.",
+            // The MX host lives in the unsigned zone, which publishes a wrong TLSA.
+            "dane-insecure MX 10 mx.insecure.example.test.",
+            "expired MX 10 mx-expired",
+            "tls10 MX 10 mx-tls10",
+            "otherca MX 10 mx-otherca",
+            // Preferred MX self-signed, the second one DANE-EE.
+            "two-mx MX 10 mx-self",
+            "two-mx MX 20 mx-dane-ee",
+            "sts-dane MX 10 mx-dane-ee",
+            "sts-testing MX 10 mx-self",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
     example.extend(dane_records());
     let lan = ["@ MX 10 mx", "mx A 127.0.20.4", "mail A 127.0.30.1"]
         .iter()
         .map(|s| s.to_string())
         .collect();
     let to_mx_ca = || vec!["@ MX 10 mx-ca.example.test.".to_string()];
+    let mut bogus = to_mx_ca();
+    bogus.push("mx A 127.0.20.1".into());
+    bogus.push(tlsa("mx", &format!("3 1 1 {}", spki_sha256("mx-ca"))));
+    let mut insecure = to_mx_ca();
+    insecure.extend([
+        "mx A 127.0.20.1".to_string(),
+        // Would never match (digest of zeros): must be ignored, the zone is unsigned.
+        tlsa("mx", &format!("3 1 1 {}", "00".repeat(32))),
+        "mx-sts A 127.0.20.12".into(),
+        // PKIX-valid MX name, but no DNSSEC and no MTA-STS: at most trusted.
+        "pkix MX 10 mx-sts".into(),
+    ]);
+    let mut sts_example = Vec::new();
+    for (i, (domain, _, _, _)) in STS_POLICY_HOSTS.iter().enumerate() {
+        let (zone_recs, rel) = if let Some(r) = domain.strip_suffix(".insecure.example.test") {
+            (&mut insecure, r)
+        } else {
+            let r = domain
+                .strip_suffix(".example.test")
+                .expect("STS domain in example.test");
+            (&mut sts_example, r)
+        };
+        if domain.ends_with(".insecure.example.test") {
+            zone_recs.push(format!("{rel} MX 10 mx-sts"));
+        }
+        zone_recs.push(format!("_mta-sts.{rel} TXT \"v=STSv1; id=2025{i:04}\""));
+        zone_recs.push(format!("mta-sts.{rel} A {STS_HTTPS_IP}"));
+    }
+    example.extend(sts_example);
     vec![
         Zone {
             origin: ".",
@@ -1043,12 +1474,12 @@ pub fn test_zones() -> Vec<Zone> {
         },
         Zone {
             origin: "bogus.example.test",
-            records: to_mx_ca(),
+            records: bogus,
             chain: Chain::Bogus,
         },
         Zone {
             origin: "insecure.example.test",
-            records: to_mx_ca(),
+            records: insecure,
             chain: Chain::Insecure,
         },
     ]
