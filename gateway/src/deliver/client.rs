@@ -79,13 +79,14 @@ use crate::dane::{
     TlsaMismatch, UsableTlsa,
 };
 use crate::dns::{DnsSetupError, MxResult, Resolver, Security};
-use crate::mtasts::{self, MtaSts, PolicyLookup};
+use crate::mtasts::{self, MtaSts, MxCheck, PolicyLookup};
 use crate::policy::{self, Action, Decision, Established, HostFacts, Inputs, Plan, TlsOutcome};
 use crate::spool::record::{
     now_secs, Attempt, AuthFacts, BodyType, Mechanism, MtaStsFacts, Ret, TlsFacts, TlsaFacts,
     TransportVerdict,
 };
 use crate::tls::client::{session_facts, ClientTls, TlsFailure, TlsSetupError};
+use crate::tls::profile::Profile;
 
 /// Bytes of content read (and then dot-stuffed and written) at a time while DATA is
 /// sent: with the encoded copy, what one attempt holds of a message.
@@ -192,6 +193,16 @@ enum SessionEnd {
     NextHost(HostFailure),
     /// `may` only: the TLS handshake failed; reconnect to the same address without TLS.
     RetryPlaintext(HostFailure, TlsFailure),
+}
+
+impl SessionEnd {
+    /// The reply or reason that ended the session.
+    fn reason(&self) -> &str {
+        match self {
+            SessionEnd::Done(_, attempt) => &attempt.reply,
+            SessionEnd::NextHost(f) | SessionEnd::RetryPlaintext(f, _) => &f.attempt.reply,
+        }
+    }
 }
 
 /// Why a host was given up, for the final deferral when no host is left.
@@ -519,33 +530,9 @@ impl Deliverer {
         let dane_only = self.config.dane_only(&req.domain);
         let mut last: Option<HostFailure> = None;
         for host in &route.hosts {
-            let (dane, tlsa_facts) = host_requirement(host, route.mx_security, tlsa).await;
-            let mta_sts = mtasts::check_mx(sts.policy(), &host.mx);
-            let facts = HostFacts {
-                domain: &req.domain,
-                host: &host.mx,
-                required: req.level,
-                dane_only,
-                mx_security: route.mx_security,
-                address_security: host.address_security,
-                dane: &dane,
-                mta_sts,
-            };
-            let auth = AuthFacts {
-                mechanism: Mechanism::None,
-                basis: String::new(),
-                mx_dnssec: route.mx_security.as_str().into(),
-                address_dnssec: host.address_security.as_str().into(),
-                tlsa: tlsa_facts,
-                mta_sts: match sts {
-                    PolicyLookup::Found { policy, id, .. } => Some(MtaStsFacts {
-                        id: id.clone(),
-                        mode: policy.mode.as_str().into(),
-                        covered: mta_sts.covered,
-                    }),
-                    _ => None,
-                },
-            };
+            let prep = prepare_host(host, route.mx_security, sts, tlsa).await;
+            let facts = prep.facts(&req.domain, host, route.mx_security, req.level, dane_only);
+            let auth = prep.auth.clone();
             let use_dane = match policy::plan(&facts) {
                 Plan::DeferDomain { status, reason } => {
                     tracing::warn!(queue_id = %req.id, mx = %host.mx, status, "domain deferred: {reason}");
@@ -563,22 +550,7 @@ impl Deliverer {
                 }
                 Plan::Connect { dane } => dane,
             };
-            let dane_keys = match (&dane, use_dane) {
-                (
-                    DaneRequirement::Authenticate {
-                        base_domain,
-                        usable,
-                        ..
-                    },
-                    true,
-                ) => Some((base_domain.as_str(), usable)),
-                _ => None,
-            };
-            let ctx = HostCtx {
-                facts,
-                auth,
-                dane: dane_keys,
-            };
+            let ctx = prep.ctx(facts, use_dane);
             for ip in &host.addrs {
                 let mut end = self.session(req, &ctx, *ip, None).await;
                 if let SessionEnd::RetryPlaintext(failure, tls_failure) = end {
@@ -616,6 +588,74 @@ impl Deliverer {
         }
     }
 
+    /// `qrelay check`: [`Deliverer::deliver_route`]'s walk without the message.
+    /// Every host gets the same preparation and [`policy::plan`]; every address of
+    /// a host that may be contacted gets the same session ([`Deliverer::negotiate`])
+    /// with `profile`, at level `may` so that the decision judges only what the
+    /// transport achieved; a session ready for mail ends with QUIT (no MAIL FROM).
+    /// The caller judges the recorded outcomes for each level with
+    /// [`policy::decide`]. Unlike a delivery, every host is contacted.
+    pub async fn probe_route(
+        &self,
+        domain: &str,
+        route: &Route,
+        sts: &PolicyLookup,
+        tlsa: TlsaSource<'_>,
+        profile: Profile,
+    ) -> Vec<HostProbe> {
+        let dane_only = self.config.dane_only(domain);
+        let dial = Dial {
+            log_id: "check",
+            domain,
+            level: Level::May,
+            profile,
+        };
+        let mut probes = Vec::new();
+        for host in &route.hosts {
+            let prep = prepare_host(host, route.mx_security, sts, tlsa).await;
+            let facts = prep.facts(domain, host, route.mx_security, Level::May, dane_only);
+            let plan = policy::plan(&facts);
+            let mut addresses = Vec::new();
+            if let Plan::Connect { dane } = plan {
+                let ctx = prep.ctx(facts, dane);
+                for ip in &host.addrs {
+                    let mut seen = Observed::default();
+                    let ended = match self.negotiate(&dial, &ctx, *ip, None, &mut seen).await {
+                        Ok(ready) => {
+                            let mut conn = ready.conn;
+                            conn.quit().await;
+                            None
+                        }
+                        Err(end) => Some(end.reason().to_string()),
+                    };
+                    tracing::debug!(domain, mx = %host.mx, ip = %ip, ended = ?ended, "check: address probed");
+                    addresses.push(AddressProbe {
+                        ip: *ip,
+                        seen,
+                        ended,
+                    });
+                }
+            }
+            probes.push(HostProbe {
+                host: host.clone(),
+                prep: prep.clone(),
+                plan,
+                addresses,
+            });
+        }
+        probes
+    }
+
+    /// The configuration deliveries run with.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// The MTA-STS service, when deliveries consult one.
+    pub fn mta_sts(&self) -> Option<&Arc<MtaSts>> {
+        self.mta_sts.as_ref()
+    }
+
     /// One connection to one address. `plaintext_retry`: the earlier handshake with
     /// this address failed this way and the level is `may`; do not try TLS again.
     async fn session(
@@ -625,7 +665,55 @@ impl Deliverer {
         ip: IpAddr,
         plaintext_retry: Option<TlsFailure>,
     ) -> SessionEnd {
+        let dial = Dial {
+            log_id: req.id.as_str(),
+            domain: &req.domain,
+            level: req.level,
+            profile: req.tls_profile,
+        };
+        let mut seen = Observed::default();
+        let Ready {
+            mut conn,
+            caps,
+            facts,
+            verdict,
+            auth,
+        } = match self
+            .negotiate(&dial, ctx, ip, plaintext_retry, &mut seen)
+            .await
+        {
+            Ok(ready) => ready,
+            Err(end) => return end,
+        };
         let mx = ctx.facts.host;
+        let end = self.transaction(&mut conn, req, &caps, mx, ip).await;
+        if end.clean {
+            conn.quit().await;
+        } else {
+            conn.abort().await;
+        }
+        SessionEnd::Done(
+            end.outcomes,
+            attempt_record(mx, &ip.to_string(), facts, verdict, end.reply, Some(auth)),
+        )
+    }
+
+    /// One address of one host, up to the point where mail would be sent: connect,
+    /// greeting, EHLO, STARTTLS with `dial.profile` (B2), [`policy::decide`], and
+    /// EHLO again after TLS. Delivery goes on with MAIL FROM ([`Deliverer::session`]);
+    /// `qrelay check` says QUIT ([`Deliverer::probe_route`]). `seen` collects what
+    /// the conversation showed, also when it ends early. `Err`: this address cannot
+    /// take mail now (the connection is closed).
+    async fn negotiate(
+        &self,
+        dial: &Dial<'_>,
+        ctx: &HostCtx<'_>,
+        ip: IpAddr,
+        plaintext_retry: Option<TlsFailure>,
+        seen: &mut Observed,
+    ) -> Result<Ready, SessionEnd> {
+        let mx = ctx.facts.host;
+        let log_id = dial.log_id;
         let d = &self.config.delivery;
         let cmd = d.command_timeout;
         let addr = SocketAddr::new(ip, d.port);
@@ -646,16 +734,16 @@ impl Deliverer {
         let tcp = match timeout(d.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                return fail(
+                return Err(fail(
                     "4.4.1",
                     format!("cannot connect to {mx}[{ip}]:{}: {e}", d.port),
                     None,
                     None,
                     base_auth(),
-                )
+                ))
             }
             Err(_) => {
-                return fail(
+                return Err(fail(
                     "4.4.1",
                     format!(
                         "no answer from {mx}[{ip}]:{} within {:?}",
@@ -664,41 +752,53 @@ impl Deliverer {
                     None,
                     None,
                     base_auth(),
-                )
+                ))
             }
         };
+        seen.connected = true;
         let _ = tcp.set_nodelay(true);
         let mut conn = Conn::Plain(BufReader::new(tcp));
         let greeting = match conn.read_reply("to the greeting", cmd).await {
             Ok(r) => r,
-            Err(e) => return fail("4.4.2", format!("{mx}[{ip}]: {e}"), None, None, base_auth()),
+            Err(e) => {
+                return Err(fail(
+                    "4.4.2",
+                    format!("{mx}[{ip}]: {e}"),
+                    None,
+                    None,
+                    base_auth(),
+                ))
+            }
         };
+        seen.greeting = Some(greeting.to_string());
         if !greeting.is_positive() {
             // RFC 5321 3.1: a 554 (or 4xx) greeting means no service here; try the next MX.
             conn.quit().await;
-            return fail(
+            return Err(fail(
                 &greeting.status(),
                 format!("{mx}[{ip}] greeting: {greeting}"),
                 None,
                 None,
                 base_auth(),
-            );
+            ));
         }
 
         // EHLO (or HELO for `may`).
-        let mut caps = match self.hello(&mut conn, req.level, cmd).await {
+        let mut caps = match self.hello(&mut conn, dial.level, cmd).await {
             Ok(c) => c,
             Err((status, reply)) => {
                 conn.quit().await;
-                return fail(
+                return Err(fail(
                     &status,
                     format!("{mx}[{ip}]: {reply}"),
                     None,
                     None,
                     base_auth(),
-                );
+                ));
             }
         };
+        seen.starttls_offered = caps.starttls;
+        seen.requiretls = caps.requiretls;
 
         // STARTTLS whenever offered (B2), unless this is the `may` plaintext retry.
         let server_name = server_name_for(mx, ip);
@@ -706,7 +806,10 @@ impl Deliverer {
         let tls_outcome = match plaintext_retry {
             Some(f) => TlsOutcome::PlaintextRetry(f),
             None if policy::use_starttls(caps.starttls) => {
-                match self.start_tls(conn, req, ctx, &server_name, cmd).await {
+                match self
+                    .start_tls(conn, dial, ctx, &server_name, cmd, seen)
+                    .await
+                {
                     Ok((c, f, established)) => {
                         conn = c;
                         facts = Some(f);
@@ -717,13 +820,16 @@ impl Deliverer {
                             c.quit().await;
                         }
                         // The connection is no longer usable after a failed handshake.
-                        let decision = policy::decide(&Inputs {
+                        let inputs = Inputs {
                             facts: ctx.facts.clone(),
                             starttls_offered: true,
                             tls: TlsOutcome::Failed(f.clone()),
-                        });
+                        };
+                        let decision = policy::decide(&inputs);
+                        seen.outcome = Some(inputs.tls);
+                        seen.decision = Some(decision.clone());
                         let auth = evidence(ctx, &decision, None);
-                        return match decision.action {
+                        return Err(match decision.action {
                             Action::RetryPlaintext { reason } => SessionEnd::RetryPlaintext(
                                 HostFailure {
                                     status: "4.7.5".into(),
@@ -749,7 +855,7 @@ impl Deliverer {
                                 None,
                                 auth,
                             ),
-                        };
+                        });
                     }
                 }
             }
@@ -761,24 +867,28 @@ impl Deliverer {
             TlsOutcome::Established(e) => e.dane.clone(),
             _ => None,
         };
-        let decision = policy::decide(&Inputs {
+        let inputs = Inputs {
             facts: ctx.facts.clone(),
             starttls_offered: caps.starttls,
             tls: tls_outcome,
-        });
+        };
+        let decision = policy::decide(&inputs);
+        seen.outcome = Some(inputs.tls);
+        seen.decision = Some(decision.clone());
+        seen.tls = facts.clone();
         if let Some(report) = &decision.report {
-            tracing::warn!(queue_id = %req.id, mx, ip = %ip, "policy failure to report (TLS-RPT): {report}");
+            tracing::warn!(id = log_id, mx, ip = %ip, "policy failure to report (TLS-RPT): {report}");
         }
         let auth = evidence(ctx, &decision, dane_outcome.as_ref());
         let verdict = match decision.action {
             Action::Send => decision.verdict,
             Action::SkipHost { status, reason } | Action::DeferDomain { status, reason } => {
                 conn.quit().await;
-                return fail(status, reason, facts, decision.verdict, auth);
+                return Err(fail(status, reason, facts, decision.verdict, auth));
             }
             Action::RetryPlaintext { reason } => {
                 conn.quit().await;
-                return SessionEnd::RetryPlaintext(
+                return Err(SessionEnd::RetryPlaintext(
                     HostFailure {
                         status: "4.7.5".into(),
                         attempt: attempt_record(
@@ -791,11 +901,11 @@ impl Deliverer {
                         ),
                     },
                     TlsFailure::Other(reason),
-                );
+                ));
             }
         };
         tracing::debug!(
-            queue_id = %req.id, mx, ip = %ip,
+            id = log_id, mx, ip = %ip,
             verdict = verdict.map(|v| v.as_str()).unwrap_or("none"),
             mechanism = %auth.mechanism,
             "host accepted: {}", auth.basis
@@ -810,28 +920,33 @@ impl Deliverer {
                 Ok(r) if r.is_positive() => Capabilities::from_ehlo(&r),
                 Ok(r) => {
                     conn.quit().await;
-                    return fail(
+                    return Err(fail(
                         &r.status(),
                         format!("{mx}[{ip}] EHLO after STARTTLS: {r}"),
                         facts,
                         verdict,
                         auth,
-                    );
+                    ));
                 }
-                Err(e) => return fail("4.4.2", format!("{mx}[{ip}]: {e}"), facts, verdict, auth),
+                Err(e) => {
+                    return Err(fail(
+                        "4.4.2",
+                        format!("{mx}[{ip}]: {e}"),
+                        facts,
+                        verdict,
+                        auth,
+                    ))
+                }
             };
+            seen.requiretls = caps.requiretls;
         }
-
-        let end = self.transaction(&mut conn, req, &caps, mx, ip).await;
-        if end.clean {
-            conn.quit().await;
-        } else {
-            conn.abort().await;
-        }
-        SessionEnd::Done(
-            end.outcomes,
-            attempt_record(mx, &ip_s, facts, verdict, end.reply, Some(auth)),
-        )
+        Ok(Ready {
+            conn,
+            caps,
+            facts,
+            verdict,
+            auth,
+        })
     }
 
     /// EHLO, with the HELO fallback for `may`. Err = (status, reply text).
@@ -873,12 +988,13 @@ impl Deliverer {
     async fn start_tls(
         &self,
         mut conn: Conn,
-        req: &DeliveryRequest,
+        dial: &Dial<'_>,
         ctx: &HostCtx<'_>,
         server_name: &ServerName<'static>,
         cmd: Duration,
+        seen: &mut Observed,
     ) -> Result<(Conn, TlsFacts, Established), (Option<Conn>, TlsFailure)> {
-        let profile = req.tls_profile;
+        let profile = dial.profile;
         let mx = ctx.facts.host;
         // The connector first: a DANE verifier that cannot be built fails here,
         // before STARTTLS.
@@ -955,12 +1071,15 @@ impl Deliverer {
         };
         let (_, session) = stream.get_ref();
         let chain = session.peer_certificates();
+        seen.chain = chain
+            .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+            .unwrap_or_default();
         let pkix = match chain {
             Some(chain) => self.tls.pkix_check(chain, server_name),
             None => Err(TlsFailure::NotTrusted),
         };
         let name_in_domain = match (chain, &slot) {
-            (Some(chain), None) => name_in_domain(&self.tls, chain, &req.domain),
+            (Some(chain), None) => name_in_domain(&self.tls, chain, dial.domain),
             _ => None,
         };
         let facts = session_facts(session, pkix.is_ok(), profile);
@@ -1338,6 +1457,154 @@ struct HostCtx<'a> {
     auth: AuthFacts,
     /// DANE authenticates this host: (TLSA base domain, usable records).
     dane: Option<(&'a str, &'a UsableTlsa)>,
+}
+
+/// What one session is for: whose log lines, which recipient domain, which level
+/// and which TLS profile.
+struct Dial<'a> {
+    /// The queue id of a delivery; "check" for `qrelay check`.
+    log_id: &'a str,
+    domain: &'a str,
+    level: Level,
+    profile: Profile,
+}
+
+/// A session ready for MAIL FROM: the decision allowed this host.
+struct Ready {
+    conn: Conn,
+    /// What the server offers (after TLS: what it offered over TLS).
+    caps: Capabilities,
+    facts: Option<TlsFacts>,
+    verdict: Option<TransportVerdict>,
+    auth: AuthFacts,
+}
+
+/// What a session showed up to the decision, whether or not it got that far
+/// (`qrelay check` reports it).
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// The TCP connection was established.
+    pub connected: bool,
+    /// The server's greeting.
+    pub greeting: Option<String>,
+    /// STARTTLS was in the EHLO reply.
+    pub starttls_offered: bool,
+    /// REQUIRETLS (RFC 8689) was in the last EHLO reply (over TLS when TLS was up).
+    pub requiretls: bool,
+    /// The established session's facts.
+    pub tls: Option<TlsFacts>,
+    /// The server's certificate chain, leaf first (empty without a handshake).
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The TLS outcome [`policy::decide`] judged; `None` when the session ended
+    /// before the decision (no connection, greeting or EHLO refused).
+    pub outcome: Option<TlsOutcome>,
+    /// The decision made for the session's level.
+    pub decision: Option<Decision>,
+}
+
+/// One address of one MX host as `qrelay check` saw it.
+#[derive(Debug, Clone)]
+pub struct AddressProbe {
+    pub ip: IpAddr,
+    pub seen: Observed,
+    /// Why the session ended before it was ready for mail (`None`: it was ready,
+    /// and QUIT was sent instead of MAIL FROM).
+    pub ended: Option<String>,
+}
+
+/// One MX host as `qrelay check` saw it: the same preparation as a delivery
+/// (TLSA lookup, MTA-STS check, [`policy::plan`]) and each address's session.
+#[derive(Debug, Clone)]
+pub struct HostProbe {
+    pub host: RouteHost,
+    pub prep: HostPrep,
+    /// [`policy::plan`]'s answer; the addresses were only contacted on `Connect`.
+    pub plan: Plan,
+    pub addresses: Vec<AddressProbe>,
+}
+
+/// What is known of one MX host before any connection: what DANE requires, what
+/// the MTA-STS policy says about it, and the evidence of both.
+#[derive(Debug, Clone)]
+pub struct HostPrep {
+    pub dane: DaneRequirement,
+    pub mta_sts: MxCheck,
+    pub auth: AuthFacts,
+}
+
+impl HostPrep {
+    /// The decision's facts for a message of `required` level to `domain`.
+    pub fn facts<'a>(
+        &'a self,
+        domain: &'a str,
+        host: &'a RouteHost,
+        mx_security: Security,
+        required: Level,
+        dane_only: bool,
+    ) -> HostFacts<'a> {
+        HostFacts {
+            domain,
+            host: &host.mx,
+            required,
+            dane_only,
+            mx_security,
+            address_security: host.address_security,
+            dane: &self.dane,
+            mta_sts: self.mta_sts,
+        }
+    }
+
+    /// The session context; `use_dane` from [`Plan::Connect`].
+    fn ctx<'a>(&'a self, facts: HostFacts<'a>, use_dane: bool) -> HostCtx<'a> {
+        let dane = match (&self.dane, use_dane) {
+            (
+                DaneRequirement::Authenticate {
+                    base_domain,
+                    usable,
+                    ..
+                },
+                true,
+            ) => Some((base_domain.as_str(), usable)),
+            _ => None,
+        };
+        HostCtx {
+            facts,
+            auth: self.auth.clone(),
+            dane,
+        }
+    }
+}
+
+/// The TLSA lookup (D2-D4) and the MTA-STS check (E5) of one host, with their
+/// evidence.
+async fn prepare_host(
+    host: &RouteHost,
+    mx_security: Security,
+    sts: &PolicyLookup,
+    tlsa: TlsaSource<'_>,
+) -> HostPrep {
+    let (dane, tlsa_facts) = host_requirement(host, mx_security, tlsa).await;
+    let mta_sts = mtasts::check_mx(sts.policy(), &host.mx);
+    let auth = AuthFacts {
+        mechanism: Mechanism::None,
+        basis: String::new(),
+        mx_dnssec: mx_security.as_str().into(),
+        address_dnssec: host.address_security.as_str().into(),
+        tlsa: tlsa_facts,
+        mta_sts: match sts {
+            PolicyLookup::Found { policy, id, .. } => Some(MtaStsFacts {
+                id: id.clone(),
+                mode: policy.mode.as_str().into(),
+                covered: mta_sts.covered,
+            }),
+            _ => None,
+        },
+    };
+    HostPrep {
+        dane,
+        mta_sts,
+        auth,
+    }
 }
 
 /// What DANE requires of a host (D2-D4): the TLSA lookups made in order (only
