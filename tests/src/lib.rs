@@ -8,8 +8,10 @@
 //! - [`Mailbox`] reads what a Postfix MX delivered.
 
 pub mod infra;
+pub mod json;
 pub mod mailbox;
 pub mod relay;
+pub mod scenario;
 pub mod smtp;
 
 pub use infra::{Infra, Mx};
