@@ -17,6 +17,7 @@
 //! - [`system`]: systemd notification, privileges.
 
 pub mod bounce;
+pub mod check;
 pub mod config;
 pub mod control;
 pub mod dane;

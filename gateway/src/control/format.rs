@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
+use super::protocol::{DnssecState, StatusReport};
 use crate::spool::record::{
     Attempt, AuthFacts, BodyType, Envelope, Notify, RcptState, Recipient, Ret,
 };
@@ -393,6 +394,45 @@ pub fn format_show(env: &Envelope, now: u64) -> String {
             }
         }
     }
+    out
+}
+
+/// `qrelay status`.
+pub fn format_status(s: &StatusReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "qrelay {}", safe(&s.version));
+    let _ = writeln!(
+        out,
+        "running since {} (up {})",
+        absolute(s.started_at),
+        span(s.now.saturating_sub(s.started_at))
+    );
+    let q = &s.queue;
+    let _ = writeln!(
+        out,
+        "queue: {} message{}; recipients: {} pending, {} delivered, {} failed",
+        q.messages,
+        if q.messages == 1 { "" } else { "s" },
+        q.pending,
+        q.delivered,
+        q.failed
+    );
+    let upstreams = safe(&s.dnssec.upstreams);
+    let line = match &s.dnssec.state {
+        DnssecState::Unknown => format!("DNSSEC: not probed yet (upstream resolvers {upstreams})"),
+        DnssecState::Available { checked_at } => format!(
+            "DNSSEC: available through upstream resolvers {upstreams} (last probe {})",
+            ago(*checked_at, s.now)
+        ),
+        DnssecState::Unavailable { reason, checked_at } => format!(
+            "DNSSEC unavailable through upstream resolvers {upstreams}: {} (last probe {}); deliveries that need DNSSEC are deferred",
+            safe(reason),
+            ago(*checked_at, s.now)
+        ),
+        DnssecState::Disabled => "DNSSEC: validation off".to_string(),
+        DnssecState::NotReported => "DNSSEC: not reported by the relay".to_string(),
+    };
+    let _ = writeln!(out, "{line}");
     out
 }
 

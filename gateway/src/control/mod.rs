@@ -40,8 +40,11 @@ use tokio::task::JoinSet;
 
 use crate::spool::record::{Envelope, QueueId};
 
-pub use format::{format_list, format_show};
-pub use protocol::{Command, Request, Response, MAX_FRAME, PROTOCOL_VERSION};
+pub use format::{format_list, format_show, format_status};
+pub use protocol::{
+    Command, DnssecReport, DnssecState, QueueCounts, Request, Response, StatusReport, MAX_FRAME,
+    PROTOCOL_VERSION,
+};
 
 /// Permissions of the socket file: owner and group may connect.
 pub const SOCKET_MODE: u32 = 0o660;
@@ -103,6 +106,42 @@ pub trait ControlHandler: Send + Sync + 'static {
     fn retry(&self, id: Option<&QueueId>) -> usize;
     /// Remove a message; `Ok(false)` when there is no such message.
     fn delete(&self, id: &QueueId) -> Result<bool, String>;
+    /// Messages and recipients by state.
+    fn counts(&self) -> QueueCounts {
+        count(&self.list())
+    }
+    /// `qrelay status`. The default knows the queue only; the daemon's handler
+    /// adds its start time and DNSSEC health.
+    fn status(&self) -> StatusReport {
+        let now = crate::spool::record::now_secs();
+        StatusReport {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: now,
+            now,
+            queue: self.counts(),
+            dnssec: DnssecReport {
+                upstreams: String::new(),
+                state: DnssecState::NotReported,
+            },
+        }
+    }
+}
+
+/// Count messages and recipients by state.
+pub fn count<'a>(envs: impl IntoIterator<Item = &'a Envelope>) -> QueueCounts {
+    use crate::spool::record::RcptState;
+    let mut c = QueueCounts::default();
+    for env in envs {
+        c.messages += 1;
+        for r in &env.recipients {
+            match r.state {
+                RcptState::Pending => c.pending += 1,
+                RcptState::Delivered => c.delivered += 1,
+                RcptState::Failed => c.failed += 1,
+            }
+        }
+    }
+    c
 }
 
 // ---------------------------------------------------------------------------
@@ -349,6 +388,7 @@ async fn execute(command: Command, handler: Arc<dyn ControlHandler>) -> Response
                     _ => Response::Done(format!("message {id} scheduled for immediate delivery")),
                 },
             },
+            Command::Status => Response::Status(handler.status()),
             Command::Delete(id) => match parse(&id) {
                 Err(e) => Response::Error(e.to_string()),
                 Ok(id) => match handler.delete(&id) {
@@ -449,6 +489,7 @@ fn check_ids(command: Command) -> Result<Command, ControlError> {
     };
     Ok(match command {
         Command::List => Command::List,
+        Command::Status => Command::Status,
         Command::Show(s) => Command::Show(id(s)?),
         Command::Retry(s) if s.trim().eq_ignore_ascii_case("all") => Command::Retry("all".into()),
         Command::Retry(s) => Command::Retry(id(s)?),

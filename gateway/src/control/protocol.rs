@@ -15,7 +15,8 @@ use crate::spool::record::Envelope;
 /// 2: the TLS facts in [`Envelope`] carry the TLS profile and the peer key.
 /// 3: attempts carry the verdict `verified` and their authentication facts
 /// (mechanism, DNSSEC status, TLSA, MTA-STS; spool record version 3).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// 4: [`Command::Status`] and [`Response::Status`].
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The largest frame either side accepts (the payload, without the length prefix).
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -47,6 +48,8 @@ pub enum Command {
     Retry(String),
     /// Remove a message from the queue without a notice to its sender.
     Delete(String),
+    /// The relay's version, uptime, queue counts and DNSSEC health.
+    Status,
 }
 
 // A response lives only between decoding and printing; boxing the envelope would
@@ -60,4 +63,75 @@ pub enum Response {
     Done(String),
     /// The command failed; a sentence for the admin.
     Error(String),
+    Status(StatusReport),
+}
+
+/// What `qrelay status` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The relay's version (Cargo package version).
+    pub version: String,
+    /// Unix seconds when the relay started.
+    pub started_at: u64,
+    /// Unix seconds when this report was made.
+    pub now: u64,
+    pub queue: QueueCounts,
+    pub dnssec: DnssecReport,
+}
+
+/// Messages and recipients in the queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueCounts {
+    pub messages: u64,
+    pub pending: u64,
+    pub delivered: u64,
+    pub failed: u64,
+}
+
+/// The last DNSSEC probe of the daemon (see [`crate::dns::DnssecHealth`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnssecReport {
+    /// The upstream resolvers probed, e.g. "127.0.10.54:53".
+    pub upstreams: String,
+    pub state: DnssecState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DnssecState {
+    /// No probe has finished yet.
+    Unknown,
+    Available {
+        checked_at: u64,
+    },
+    Unavailable {
+        reason: String,
+        checked_at: u64,
+    },
+    /// Validation is off.
+    Disabled,
+    /// The relay does not report it (a handler without a DNSSEC monitor).
+    NotReported,
+}
+
+impl DnssecReport {
+    /// From the daemon's shared probe state.
+    pub fn from_health(upstreams: String, health: &crate::dns::DnssecHealth) -> DnssecReport {
+        use crate::dns::DnssecHealth;
+        let secs = |t: &std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        };
+        let state = match health {
+            DnssecHealth::Unknown => DnssecState::Unknown,
+            DnssecHealth::Available { checked_at } => DnssecState::Available {
+                checked_at: secs(checked_at),
+            },
+            DnssecHealth::Unavailable { reason, checked_at } => DnssecState::Unavailable {
+                reason: reason.clone(),
+                checked_at: secs(checked_at),
+            },
+            DnssecHealth::Disabled => DnssecState::Disabled,
+        };
+        DnssecReport { upstreams, state }
+    }
 }

@@ -893,6 +893,10 @@ impl ControlHandler for Queue {
         self.lock().messages.get(id).map(|e| e.env.clone())
     }
 
+    fn counts(&self) -> crate::control::QueueCounts {
+        crate::control::count(self.lock().messages.values().map(|e| &e.env))
+    }
+
     fn retry(&self, id: Option<&QueueId>) -> usize {
         let now = now_secs();
         let mut st = self.lock();

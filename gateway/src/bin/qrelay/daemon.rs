@@ -10,10 +10,12 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use qrelay::config::Config;
-use qrelay::control::{self, ControlHandler};
+use qrelay::control::{self, ControlHandler, DnssecReport, QueueCounts, StatusReport};
 use qrelay::deliver::client::Deliverer;
+use qrelay::dns::DnssecStatus;
 use qrelay::mtasts::MtaSts;
 use qrelay::queue::Queue;
+use qrelay::spool::record::{Envelope, QueueId};
 use qrelay::spool::Spool;
 use qrelay::system;
 
@@ -49,6 +51,7 @@ pub async fn run(config: Config) -> Result<()> {
     let dnssec_status = qrelay::dns::DnssecStatus::default();
     let probe_resolver =
         qrelay::dns::Resolver::from_config(&config.dns).context("cannot set up DNS")?;
+    let deliverer_upstreams = probe_resolver.upstreams();
     tokio::spawn(qrelay::dns::monitor_dnssec(
         probe_resolver,
         dnssec_status.clone(),
@@ -80,7 +83,12 @@ pub async fn run(config: Config) -> Result<()> {
     }
 
     let socket = config.control_socket();
-    let handler: Arc<dyn ControlHandler> = Arc::new(queue.clone());
+    let handler: Arc<dyn ControlHandler> = Arc::new(DaemonControl {
+        queue: queue.clone(),
+        dnssec: dnssec_status.clone(),
+        upstreams: deliverer_upstreams,
+        started_at: qrelay::spool::record::now_secs(),
+    });
     {
         let stop = stop_rx.clone();
         let socket = socket.clone();
@@ -125,4 +133,40 @@ pub async fn run(config: Config) -> Result<()> {
     let _ = std::fs::remove_file(&socket);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The control socket's handler: the queue's commands, and `status` with what only
+/// the daemon knows (its start time, the DNSSEC probe).
+struct DaemonControl {
+    queue: Queue,
+    dnssec: DnssecStatus,
+    upstreams: String,
+    started_at: u64,
+}
+
+impl ControlHandler for DaemonControl {
+    fn list(&self) -> Vec<Envelope> {
+        self.queue.list()
+    }
+    fn show(&self, id: &QueueId) -> Option<Envelope> {
+        self.queue.show(id)
+    }
+    fn retry(&self, id: Option<&QueueId>) -> usize {
+        self.queue.retry(id)
+    }
+    fn delete(&self, id: &QueueId) -> Result<bool, String> {
+        self.queue.delete(id)
+    }
+    fn counts(&self) -> QueueCounts {
+        self.queue.counts()
+    }
+    fn status(&self) -> StatusReport {
+        StatusReport {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: self.started_at,
+            now: qrelay::spool::record::now_secs(),
+            queue: self.counts(),
+            dnssec: DnssecReport::from_health(self.upstreams.clone(), &self.dnssec.get()),
+        }
+    }
 }

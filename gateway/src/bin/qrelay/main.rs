@@ -4,6 +4,8 @@
 //! - `qrelay config example | check FILE | hash-password`
 //! - `qrelay queue list | show ID | retry ID|all | delete ID`
 //! - `qrelay mta-sts purge DOMAIN`
+//! - `qrelay check DOMAIN [--json] [--class NAME]`: what delivery to a domain would get
+//! - `qrelay status`: the running relay's version, uptime, queue and DNSSEC health
 
 mod daemon;
 
@@ -44,6 +46,21 @@ enum Command {
     /// Manage the MTA-STS policy cache.
     #[command(subcommand)]
     MtaSts(MtaStsCmd),
+    /// Check a recipient domain: MX and DNSSEC, TLSA, MTA-STS, TLS-RPT, and a TLS
+    /// handshake with every MX address (EHLO, STARTTLS, QUIT: no mail is sent), with
+    /// the verdict per risk class. Runs without the daemon. Exit status 0 when the
+    /// check ran (whatever the verdict), 2 when the domain could not be checked.
+    Check {
+        domain: String,
+        /// One JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Judge only this risk class (its level and TLS profile).
+        #[arg(long, value_name = "NAME")]
+        class: Option<String>,
+    },
+    /// The running relay: version, uptime, queue counts, DNSSEC health.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -79,6 +96,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.is::<Unchecked>() => {
+            eprintln!("qrelay: {e:#}");
+            std::process::ExitCode::from(EXIT_UNCHECKED)
+        }
         Err(e) => {
             eprintln!("qrelay: {e:#}");
             std::process::ExitCode::FAILURE
@@ -138,7 +159,93 @@ fn run(cli: Cli) -> Result<()> {
             let config = load_config(cli.config.as_deref())?;
             queue_command(&config, cmd)
         }
+        Command::Check {
+            domain,
+            json,
+            class,
+        } => {
+            let config = load_config(cli.config.as_deref())?;
+            check_command(config, &domain, json, class.as_deref())
+        }
+        Command::Status => {
+            let config = load_config(cli.config.as_deref())?;
+            let socket = config.control_socket();
+            match control_call(&socket, ControlCommand::Status)? {
+                Response::Status(report) => {
+                    print!("{}", control::format_status(&report));
+                    Ok(())
+                }
+                Response::Error(msg) => bail!("{msg}"),
+                other => bail!("unexpected answer from the relay: {other:?}"),
+            }
+        }
     }
+}
+
+/// Exit status of `qrelay check` when the domain could not be checked at all.
+const EXIT_UNCHECKED: u8 = 2;
+
+fn check_command(config: Config, domain: &str, json: bool, class: Option<&str>) -> Result<()> {
+    // Only errors: the report is the output (RUST_LOG overrides).
+    qrelay::system::init_logging("error");
+    let classes = qrelay::check::classes(&config, class)?;
+    // The check fetches MTA-STS policies afresh into a private cache: it shows what
+    // the domain publishes now and leaves the relay's cache alone.
+    let cache = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let mut config = config;
+    config.spool.dir = cache.path().to_path_buf();
+    let config = std::sync::Arc::new(config);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = rt.block_on(async {
+        let deliverer = qrelay::deliver::client::Deliverer::new(config.clone())
+            .context("cannot set up DNS and TLS from the configuration")?;
+        let roots = qrelay::mtasts::pkix_roots(config.tls.ca_file.as_deref())
+            .context("cannot load the PKIX roots for MTA-STS")?;
+        let mta_sts = qrelay::mtasts::MtaSts::new(&config, deliverer.resolver().clone(), roots)
+            .context("cannot set up MTA-STS")?;
+        let deliverer = deliverer.with_mta_sts(std::sync::Arc::new(mta_sts));
+        anyhow::Ok(qrelay::check::check_domain(&deliverer, domain, &classes).await?)
+    })?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).context("cannot encode the report")?
+        );
+    } else {
+        print!("{}", qrelay::check::format_report(&report));
+    }
+    if report.unchecked {
+        return Err(Unchecked(format!(
+            "{domain} could not be checked: {}",
+            report.error.as_deref().unwrap_or("unknown reason")
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// `qrelay check` ran, but the domain could not be checked at all.
+#[derive(Debug)]
+struct Unchecked(String);
+
+impl std::fmt::Display for Unchecked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unchecked {}
+
+/// Send one command to the running relay.
+fn control_call(socket: &Path, command: ControlCommand) -> Result<Response> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    Ok(rt.block_on(control::request(socket, command))?)
 }
 
 fn parse_id(id: &str) -> Result<QueueId> {
@@ -153,18 +260,14 @@ fn queue_command(config: &Config, cmd: QueueCmd) -> Result<()> {
         QueueCmd::Retry { id } => ControlCommand::Retry(parse_id(id)?.to_string()),
         QueueCmd::Delete { id } => ControlCommand::Delete(parse_id(id)?.to_string()),
     };
-    let socket = config.control_socket();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let response = rt.block_on(control::request(&socket, command))?;
+    let response = control_call(&config.control_socket(), command)?;
     let now = now_secs();
     match response {
         Response::Messages(envs) => print!("{}", control::format_list(&envs, now)),
         Response::Message(env) => print!("{}", control::format_show(&env, now)),
         Response::Done(msg) => println!("{msg}"),
         Response::Error(msg) => bail!("{msg}"),
+        Response::Status(_) => bail!("unexpected answer from the relay"),
     }
     Ok(())
 }
