@@ -525,3 +525,76 @@ async fn connections_are_served_concurrently_and_handler_panics_are_contained() 
     ));
     drop(idle);
 }
+
+#[tokio::test]
+async fn status_round_trip_counts_the_queue() {
+    let server = start().await;
+    let response = request(&server.path, Command::Status)
+        .await
+        .expect("status");
+    let Response::Status(report) = response else {
+        panic!("not a status: {response:?}");
+    };
+    let envs = server.handler.envs.lock().expect("lock").clone();
+    let expected = count(&envs);
+    assert_eq!(report.queue, expected);
+    assert_eq!(report.queue.messages, 2);
+    let recipients: usize = envs.iter().map(|e| e.recipients.len()).sum();
+    assert_eq!(
+        (report.queue.pending + report.queue.delivered + report.queue.failed) as usize,
+        recipients
+    );
+    assert!(report.queue.pending >= 2 && report.queue.delivered >= 2);
+    assert_eq!(report.version, env!("CARGO_PKG_VERSION"));
+    // The test handler has no DNSSEC monitor: it says so rather than "available".
+    assert_eq!(report.dnssec.state, DnssecState::NotReported);
+    let _ = server.stop.send(true);
+}
+
+#[test]
+fn status_format_names_the_dnssec_problem_and_the_upstreams() {
+    let mut report = StatusReport {
+        version: "1.2.3".into(),
+        started_at: NOW - 3_900,
+        now: NOW,
+        queue: QueueCounts {
+            messages: 3,
+            pending: 4,
+            delivered: 2,
+            failed: 1,
+        },
+        dnssec: DnssecReport {
+            upstreams: "127.0.10.54:53".into(),
+            state: DnssecState::Unavailable {
+                reason: "the root DNSKEY RRset is bogus".into(),
+                checked_at: NOW - 120,
+            },
+        },
+    };
+    let text = format_status(&report);
+    assert!(text.contains("qrelay 1.2.3"), "{text}");
+    assert!(text.contains("up 1h 5m"), "{text}");
+    assert!(
+        text.contains("queue: 3 messages; recipients: 4 pending, 2 delivered, 1 failed"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "DNSSEC unavailable through upstream resolvers 127.0.10.54:53: the root DNSKEY RRset is bogus (last probe 2m ago)"
+        ),
+        "{text}"
+    );
+    report.dnssec = DnssecReport::from_health(
+        "127.0.10.54:53".into(),
+        &crate::dns::DnssecHealth::Available {
+            checked_at: std::time::UNIX_EPOCH + Duration::from_secs(NOW - 5),
+        },
+    );
+    let text = format_status(&report);
+    assert!(
+        text.contains(
+            "DNSSEC: available through upstream resolvers 127.0.10.54:53 (last probe 5s ago)"
+        ),
+        "{text}"
+    );
+}
