@@ -1772,3 +1772,230 @@ async fn e6_mta_sts_testing_delivers_per_level() {
     assert_eq!((m.mode.as_str(), m.covered), ("testing", false));
     assert!(sent_mail(&logs_settled(&logs, 1).await));
 }
+
+// ------------------------------------------------------- qrelay check (rule I)
+
+fn check_classes() -> Vec<crate::check::ClassSpec> {
+    use crate::check::ClassSpec;
+    vec![
+        ClassSpec {
+            name: "none".into(),
+            level: Level::May,
+            profile: Profile::Compat,
+        },
+        ClassSpec {
+            name: "normal".into(),
+            level: Level::Encrypted,
+            profile: Profile::Modern,
+        },
+        ClassSpec {
+            name: "high".into(),
+            level: Level::Verified,
+            profile: Profile::Modern,
+        },
+    ]
+}
+
+fn class<'a>(r: &'a crate::check::CheckReport, name: &str) -> &'a crate::check::ClassVerdict {
+    r.classes.iter().find(|c| c.class == name).expect("class")
+}
+
+/// The check said QUIT and never MAIL FROM, on every connection.
+fn quit_without_mail(logs: &[Log]) {
+    assert!(!logs.is_empty());
+    assert!(!sent_mail(logs), "{logs:?}");
+    for l in logs {
+        assert!(l.data.is_none());
+        if !l.handshake_failed {
+            assert!(l.commands.iter().any(|c| c == "QUIT"), "{l:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn i_check_reports_each_mx_and_verdict_per_class() {
+    let dane_mx = "mx1.example.test";
+    let plain_mx = "mx2.example.test";
+    let (cert, key) = self_signed(dane_mx);
+    let record = dane_ee(&cert);
+    let (port, logs_a, logs_b) = start_pair(
+        Spec {
+            starttls: Some(server_tls(cert, &key)),
+            extensions: vec!["PIPELINING", "REQUIRETLS"],
+            ..Default::default()
+        },
+        Spec::default(),
+    )
+    .await;
+    let d = deliverer(port, None);
+    let tlsa = tlsa_table(vec![
+        (
+            dane_mx,
+            TlsaAnswer::Secure(TlsaSet::new(vec![record.clone()])),
+        ),
+        (plain_mx, TlsaAnswer::SecureDenial),
+    ]);
+    let prefs = HashMap::from([(dane_mx.to_string(), 10u16), (plain_mx.to_string(), 20u16)]);
+    let report = crate::check::check_route(
+        &d,
+        "example.test",
+        &route(
+            &[(dane_mx, "127.0.0.2"), (plain_mx, "127.0.0.3")],
+            Security::Secure,
+        ),
+        &prefs,
+        &PolicyLookup::None,
+        TlsaSource::Fixed(&tlsa),
+        &check_classes(),
+    )
+    .await;
+
+    assert_eq!(report.mx.len(), 2, "{report:?}");
+    let a = &report.mx[0];
+    assert_eq!((a.host.as_str(), a.preference), (dane_mx, Some(10)));
+    assert_eq!(a.ips, vec!["127.0.0.2"]);
+    assert_eq!(a.dnssec, "secure");
+    assert_eq!(
+        (a.verdict.as_str(), a.mechanism.as_str()),
+        ("verified", "dane-ee")
+    );
+    assert_eq!(a.tls_version.as_deref(), Some("TLSv1.3"));
+    assert!(a.cipher.is_some() && a.starttls == Some(true));
+    assert!(a.requiretls, "REQUIRETLS after STARTTLS");
+    let t = a.tlsa.as_ref().expect("tlsa");
+    assert_eq!(t.records, vec![record.to_string()]);
+    assert_eq!(t.matched, Some(record.to_string()));
+    let c = a.certificate.as_ref().expect("certificate");
+    assert!(c.names.contains(&dane_mx.to_string()), "{c:?}");
+    assert!(!c.pkix_valid && !c.expired);
+
+    let b = &report.mx[1];
+    assert_eq!(
+        (b.verdict.as_str(), b.mechanism.as_str()),
+        ("plaintext", "none")
+    );
+    assert_eq!(b.starttls, Some(false));
+    assert!(b.reason.contains("offers no STARTTLS"), "{}", b.reason);
+
+    for name in ["none", "normal", "high"] {
+        let v = class(&report, name);
+        assert!(v.deliver, "{v:?}");
+        assert_eq!(v.via.as_deref(), Some("mx1.example.test[127.0.0.2]"));
+        assert_eq!(v.verdict.as_deref(), Some("verified"));
+    }
+    assert!(report.qualified && report.encrypted);
+
+    // Both profiles (compat for `none`, modern) made their own sessions; none sent mail.
+    quit_without_mail(&logs_settled(&logs_a, 2).await);
+    quit_without_mail(&logs_settled(&logs_b, 2).await);
+
+    // The JSON carries the documented keys.
+    let v = serde_json::to_value(&report).unwrap();
+    assert_eq!(v["mx"][0]["mechanism"], "dane-ee");
+    assert_eq!(v["mx"][1]["verdict"], "plaintext");
+    assert_eq!(v["qualified"], true);
+}
+
+#[tokio::test]
+async fn i_check_trusted_is_not_qualified_and_says_why() {
+    let pki = Pki::new();
+    let (_dir, ca) = ca_file(&pki);
+    let mx = "mx.provider.test";
+    let (cert, key) = pki.leaf(mx);
+    let (port, logs) = start(Spec {
+        starttls: Some(server_tls(cert, &key)),
+        ..Default::default()
+    })
+    .await;
+    let d = deliverer(port, Some(&ca));
+    let no_tlsa = HashMap::new();
+    let report = crate::check::check_route(
+        &d,
+        "example.test",
+        &route(&[(mx, "127.0.0.1")], Security::Insecure),
+        &HashMap::new(),
+        &PolicyLookup::None,
+        TlsaSource::Fixed(&no_tlsa),
+        &check_classes()[1..],
+    )
+    .await;
+    let m = &report.mx[0];
+    assert_eq!(
+        (m.verdict.as_str(), m.mechanism.as_str()),
+        ("trusted", "pkix")
+    );
+    assert!(m.tlsa.is_none(), "no TLSA lookup on insecure DNS");
+    assert!(class(&report, "normal").deliver);
+    let high = class(&report, "high");
+    assert!(!high.deliver);
+    assert!(
+        high.reason
+            .starts_with("would defer: mx.provider.test: certificate is valid"),
+        "{}",
+        high.reason
+    );
+    assert!(!report.qualified && report.encrypted);
+    quit_without_mail(&logs_settled(&logs, 1).await);
+}
+
+#[tokio::test]
+async fn i_check_encrypted_and_failed_hosts() {
+    // Self-signed, no DNSSEC: encrypted.
+    let (cert, key) = self_signed(MX);
+    let (port, logs) = start(Spec {
+        starttls: Some(server_tls(cert, &key)),
+        ..Default::default()
+    })
+    .await;
+    let d = deliverer(port, None);
+    let no_tlsa = HashMap::new();
+    let report = crate::check::check_route(
+        &d,
+        "example.test",
+        &route(&[(MX, "127.0.0.1")], Security::Insecure),
+        &HashMap::new(),
+        &PolicyLookup::None,
+        TlsaSource::Fixed(&no_tlsa),
+        &check_classes(),
+    )
+    .await;
+    assert_eq!(report.mx[0].verdict, "encrypted");
+    assert_eq!(report.mx[0].mechanism, "none");
+    assert!(class(&report, "normal").deliver && !class(&report, "high").deliver);
+    assert!(!report.qualified && report.encrypted);
+    quit_without_mail(&logs_settled(&logs, 2).await);
+
+    // B3: a TLSA mismatch: the host fails for every class, `may` included.
+    let (cert, key) = self_signed(MX);
+    let (other, _) = self_signed(MX);
+    let (port, logs) = start(Spec {
+        starttls: Some(server_tls(cert, &key)),
+        ..Default::default()
+    })
+    .await;
+    let d = deliverer(port, None);
+    let tlsa = tlsa_table(vec![(
+        MX,
+        TlsaAnswer::Secure(TlsaSet::new(vec![dane_ee(&other)])),
+    )]);
+    let report = crate::check::check_route(
+        &d,
+        "example.test",
+        &route(&[(MX, "127.0.0.1")], Security::Secure),
+        &HashMap::new(),
+        &PolicyLookup::None,
+        TlsaSource::Fixed(&tlsa),
+        &check_classes(),
+    )
+    .await;
+    let m = &report.mx[0];
+    assert_eq!(m.verdict, "failed", "{m:?}");
+    assert!(m.reason.contains("TLSA"), "{}", m.reason);
+    assert_eq!(m.tlsa.as_ref().unwrap().matched, None);
+    for c in &report.classes {
+        assert!(!c.deliver && c.reason.starts_with("would defer: "), "{c:?}");
+    }
+    assert!(!report.qualified && !report.encrypted);
+    let logs = logs_settled(&logs, 2).await;
+    assert!(!sent_mail(&logs), "{logs:?}");
+}
