@@ -66,7 +66,6 @@ fn probe(h: RouteHost, mx_security: Security, outcome: Option<TlsOutcome>) -> Ho
             }
         }
     };
-    drop(facts);
     HostProbe {
         host: h,
         prep,
