@@ -11,7 +11,7 @@ use crate::relay::assert_never_arrives;
 use crate::{token, Infra, Mx, Relay};
 
 const ARRIVE: Duration = Duration::from_secs(60);
-const HELD: Duration = Duration::from_secs(60);
+const HELD: Duration = Duration::from_secs(20);
 
 /// What must happen at one level.
 #[derive(Debug, Clone, Copy)]

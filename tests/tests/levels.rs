@@ -39,7 +39,9 @@ fn h_self_signed_is_encrypted_not_verified() {
             mx: Mx::SelfSigned,
             verdict: "encrypted",
         },
-        verified: held(&["verified"]),
+        verified: held(&[
+            "certificate not trusted; level verified requires an authenticated server",
+        ]),
         watch: &[Mx::SelfSigned],
         check_mx: &[("mx-self.example.test", "encrypted", "none")],
         extra: "",
@@ -59,7 +61,9 @@ fn h_expired_certificate_is_encrypted_not_verified() {
             mx: Mx::Expired,
             verdict: "encrypted",
         },
-        verified: held(&["expired"]),
+        verified: held(&[
+            "certificate expired or not yet valid; level verified requires an authenticated server",
+        ]),
         watch: &[Mx::Expired],
         check_mx: &[("mx-expired.example.test", "encrypted", "none")],
         extra: "",
@@ -83,7 +87,9 @@ fn h_unknown_ca_is_encrypted_not_verified() {
             mx: Mx::OtherCa,
             verdict: "encrypted",
         },
-        verified: held(&["verified"]),
+        verified: held(&[
+            "certificate not trusted; level verified requires an authenticated server",
+        ]),
         watch: &[Mx::OtherCa],
         check_mx: &[("mx-otherca.example.test", "encrypted", "none")],
         extra: "",
@@ -99,8 +105,8 @@ fn h_unknown_ca_is_encrypted_not_verified() {
 fn a2_no_starttls_is_held_at_encrypted() {
     Scenario {
         domain: "plain.example.test",
-        encrypted: held(&["STARTTLS"]),
-        verified: held(&["STARTTLS"]),
+        encrypted: held(&["offers no STARTTLS; level encrypted requires TLS"]),
+        verified: held(&["offers no STARTTLS; level verified requires TLS"]),
         watch: &[Mx::Plain],
         check_mx: &[("mx-plain.example.test", "plaintext", "none")],
         extra: "",
@@ -116,8 +122,10 @@ fn a2_no_starttls_is_held_at_encrypted() {
 fn c1_tls10_only_server_is_held_at_encrypted() {
     Scenario {
         domain: "tls10.example.test",
-        encrypted: held(&["TLS"]),
-        verified: held(&["TLS"]),
+        encrypted: held(&[
+            "offers no TLS version, cipher suite, group or signature scheme allowed",
+        ]),
+        verified: held(&["offers no TLS version, cipher suite, group or signature scheme allowed"]),
         watch: &[Mx::Tls10],
         check_mx: &[("mx-tls10.example.test", "failed", "")],
         extra: "",
@@ -162,7 +170,7 @@ fn h_trusted_is_not_verified_for_pkix_on_unauthenticated_mx() {
             mx: Mx::Sts,
             verdict: "trusted",
         },
-        verified: held(&["verified"]),
+        verified: held(&["(trusted), but the MX name is not authenticated (MX answer insecure"]),
         watch: &[Mx::Sts],
         check_mx: &[("mx-sts.insecure.example.test", "trusted", "pkix")],
         extra: "",

@@ -34,8 +34,8 @@ fn e5_enforce_ok_delivers_verified_by_mta_sts() {
 fn e5_enforce_mx_not_covered_is_held() {
     Scenario {
         domain: "sts-nomx.insecure.example.test",
-        encrypted: held(&["MTA-STS"]),
-        verified: held(&["MTA-STS"]),
+        encrypted: held(&["MTA-STS policy (enforce) does not list mx-sts.insecure.example.test"]),
+        verified: held(&["MTA-STS policy (enforce) does not list mx-sts.insecure.example.test"]),
         watch: &[Mx::Sts],
         check_mx: &[("mx-sts.insecure.example.test", "failed", "")],
         extra: "",
@@ -53,7 +53,7 @@ fn e2_policy_host_with_wrong_name_is_a_fetch_error() {
             mx: Mx::Sts,
             verdict: "trusted",
         },
-        verified: held(&["verified"]),
+        verified: held(&["(trusted), but the MX name is not authenticated (MX answer insecure"]),
         watch: &[Mx::Sts],
         check_mx: &[("mx-sts.insecure.example.test", "trusted", "pkix")],
         extra: "",
@@ -69,7 +69,9 @@ fn e6_testing_with_bad_certificate_delivers_at_encrypted() {
             mx: Mx::SelfSigned,
             verdict: "encrypted",
         },
-        verified: held(&["verified"]),
+        verified: held(&[
+            "certificate not trusted; level verified requires an authenticated server",
+        ]),
         watch: &[Mx::SelfSigned],
         check_mx: &[("mx-self.example.test", "encrypted", "none")],
         extra: "",
