@@ -62,6 +62,7 @@ where
 /// overrides the configured filter.
 pub fn init_logging(filter: &str) {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_string());
+    let filter = with_quiet_libraries(&filter);
     let env_filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -70,4 +71,38 @@ pub fn init_logging(filter: &str) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
+}
+
+/// Libraries whose warnings are about single peers (a DNS answer without NSEC
+/// records, a TLS alert from one server), dumped with whole messages: our own log
+/// lines already say what such an event means for a delivery. Kept at error level
+/// unless the filter names them.
+const QUIET_LIBRARIES: [&str; 3] = ["hickory_proto", "hickory_resolver", "rustls"];
+
+fn with_quiet_libraries(filter: &str) -> String {
+    let mut out = filter.to_string();
+    for lib in QUIET_LIBRARIES {
+        if !filter.contains(lib) {
+            out.push_str(&format!(",{lib}=error"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn library_noise_is_quiet_unless_asked_for() {
+        assert_eq!(
+            with_quiet_libraries("info"),
+            "info,hickory_proto=error,hickory_resolver=error,rustls=error"
+        );
+        assert_eq!(
+            with_quiet_libraries("debug,hickory_proto=debug"),
+            "debug,hickory_proto=debug,hickory_resolver=error,rustls=error"
+        );
+        assert!(tracing_subscriber::EnvFilter::try_new(with_quiet_libraries("info")).is_ok());
+    }
 }
