@@ -173,7 +173,10 @@ fn d2_insecure_delegation_is_insecure_not_bogus() {
 
 #[test]
 fn probe_reports_dnssec_unavailable_with_a_wrong_trust_anchor() {
-    // The real IANA root DS: it matches no key of the test root.
+    // The real IANA root DS: it matches no key of the test root. The probe fails, as
+    // it does when the upstream strips DNSSEC: the relay says so loudly and falls
+    // back to unvalidated DNS (the admin must fix the anchor). Levels that do not
+    // rely on DNS authenticity deliver; `verified` without DNSSEC is held.
     let dir = tempfile::tempdir().unwrap();
     let anchor = dir.path().join("iana-root.ds");
     std::fs::write(
@@ -182,30 +185,66 @@ fn probe_reports_dnssec_unavailable_with_a_wrong_trust_anchor() {
     )
     .unwrap();
     let infra = Infra::get();
-    let relay = Relay::start(&format!(
-        "{}[dns]\ntrust_anchor = \"{}\"\n",
-        level("may"),
-        anchor.display()
-    ))
-    .unwrap();
-    let log = wait_log(
-        &relay,
-        "DNSSEC unavailable through upstream resolvers 127.0.10.54:53",
-        Duration::from_secs(20),
-    );
-    assert!(
-        log.contains("deliveries that need DNSSEC are deferred"),
-        "{}",
-        relay.log_tail(20)
-    );
-    // Mail keeps waiting (never bounced, never sent unvalidated).
+    let start = |l: &str| {
+        let relay = Relay::start(&format!(
+            "{}[dns]\ntrust_anchor = \"{}\"\n",
+            level(l),
+            anchor.display()
+        ))
+        .unwrap();
+        let log = wait_log(
+            &relay,
+            "DNSSEC unavailable through upstream resolvers 127.0.10.54:53",
+            Duration::from_secs(20),
+        );
+        assert!(
+            log.contains(
+                "falling back to unvalidated DNS; DANE and DNSSEC-based authentication are off"
+            ),
+            "{}",
+            relay.log_tail(20)
+        );
+        relay
+    };
+
+    // `encrypted`: delivered over TLS, the answers recorded as unvalidated.
+    let relay = start("encrypted");
     let tok = token("dnssec-wrong-anchor");
+    relay
+        .swaks("sender@lan.test", &format!("{tok}@ca.example.test"), &tok)
+        .unwrap();
+    let m = infra.mailbox(Mx::Ca).wait_for_token(&tok, ARRIVE).unwrap();
+    assert_tls(&m, Mx::Ca);
+    // The attempt's evidence: the MX answer was used unvalidated.
+    let mx_dnssec = qrelay_tests::wait_until(
+        "delivery attempt in the log",
+        Duration::from_secs(20),
+        || {
+            relay
+                .log()
+                .lines()
+                .filter(|l| l.contains("delivery attempt") && l.contains("ca.example.test"))
+                .find_map(|l| {
+                    l.split_whitespace()
+                        .find_map(|w| w.strip_prefix("mx_dnssec="))
+                        .map(|v| v.trim_matches('"').to_string())
+                })
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", relay.log_tail(30)));
+    assert_eq!(mx_dnssec, "unvalidated");
+    drop(relay);
+
+    // `verified`: the MX name of ca.example.test is outside the domain and there is
+    // no MTA-STS policy: without DNSSEC it cannot be authenticated; held, never sent.
+    let relay = start("verified");
+    let tok = token("dnssec-wrong-anchor-verified");
     let sender = format!("{tok}-sender@lan.test");
     let id = relay
         .swaks(&sender, &format!("{tok}@ca.example.test"), &tok)
         .unwrap();
     let out = relay
-        .wait_pending_with_reason(&id, &["DNSSEC"], HELD)
+        .wait_pending_with_reason(&id, &["DNSSEC unavailable"], HELD)
         .unwrap();
     println!("queue state:\n{out}");
     assert_never_arrives(&infra.mailbox(Mx::Ca), &tok, Duration::from_secs(3));

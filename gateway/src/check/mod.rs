@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Level};
 use crate::deliver::client::{AddressProbe, Deliverer, HostProbe, Route, TlsaSource};
-use crate::dns::{MxResult, Resolver, Security};
+use crate::dns::{DnssecHealth, MxResult, Resolver, Security};
 use crate::mtasts::record::{discover, Discovery};
 use crate::mtasts::{PolicyLookup, RptResultType};
 use crate::policy::{self, Action, Inputs, Plan, TlsOutcome};
@@ -80,6 +80,13 @@ pub struct CheckReport {
     pub domain: String,
     /// DNSSEC status of the MX answer (of the address answer for an implicit MX).
     pub dnssec: String,
+    /// The probe at the start of the check: the root DNSKEY validated through the
+    /// upstream resolvers. When not, every answer is unvalidated (see `crate::dns`).
+    #[serde(default)]
+    pub dnssec_available: bool,
+    /// Why DNSSEC is unavailable, when the probe failed.
+    #[serde(default)]
+    pub dnssec_problem: Option<String>,
     /// RFC 7505: the domain accepts no mail.
     pub null_mx: bool,
     /// Why no host could be determined (DNS), when so.
@@ -325,8 +332,22 @@ pub async fn check_domain(
         return Err(CheckError::BadDomain(domain));
     }
     let resolver = deliverer.resolver();
+    // Standalone, so probe once here: while DNSSEC is unavailable through the
+    // upstreams the lookups below are unvalidated, exactly as in the daemon.
+    let health = resolver.probe_dnssec().await;
+    resolver.dnssec_status().set(health.clone());
+    let dnssec_available = health.is_available();
+    let dnssec_problem = match &health {
+        DnssecHealth::Unavailable { reason, .. } => Some(format!(
+            "unavailable through upstream resolvers {}: {reason} (answers unvalidated)",
+            resolver.upstreams()
+        )),
+        _ => None,
+    };
     let mx = resolver.resolve_mx(&domain).await;
     let mut report = empty_report(&domain, mx.security(), classes);
+    report.dnssec_available = dnssec_available;
+    report.dnssec_problem = dnssec_problem.clone();
     match &mx {
         MxResult::NullMx { .. } => {
             report.null_mx = true;
@@ -378,6 +399,8 @@ pub async fn check_domain(
     };
     report.mta_sts = Some(mta_sts_report(&record, &sts));
     report.tls_rpt = Some(tls_rpt);
+    report.dnssec_available = dnssec_available;
+    report.dnssec_problem = dnssec_problem;
     Ok(report)
 }
 
@@ -385,6 +408,8 @@ fn empty_report(domain: &str, dnssec: Security, classes: &[ClassSpec]) -> CheckR
     CheckReport {
         domain: domain.to_string(),
         dnssec: dnssec.as_str().to_string(),
+        dnssec_available: false,
+        dnssec_problem: None,
         null_mx: false,
         error: None,
         unchecked: false,
@@ -740,6 +765,9 @@ fn safe(s: &str) -> String {
 pub fn format_report(r: &CheckReport) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Domain:    {}", safe(&r.domain));
+    if let Some(p) = &r.dnssec_problem {
+        let _ = writeln!(out, "DNSSEC:    {}", safe(p));
+    }
     let _ = writeln!(out, "DNSSEC:    {} (MX answer)", r.dnssec);
     if r.null_mx {
         let _ = writeln!(out, "Null MX:   yes: the domain accepts no mail (RFC 7505)");

@@ -39,7 +39,8 @@
 //!   timeouts are temporary: an MX lookup gives [`MxResult::DnssecFailed`] (4.7.5) or
 //!   [`MxResult::TempFail`] (4.4.3), the domain is deferred, never bounced, never
 //!   delivered at a lower level. Only a proven (secure) or provably unsigned
-//!   (insecure) NXDOMAIN leads to a 5.1.2 bounce. A host whose address answer is
+//!   (insecure) NXDOMAIN leads to a 5.1.2 bounce (or, while DNSSEC is unavailable,
+//!   an unvalidated one, as with any non-validating resolver; see below). A host whose address answer is
 //!   bogus gets no addresses (D1: the host is skipped).
 //! - **CNAMEs are followed here** when hickory stops at an alias or misjudges NODATA
 //!   at one ([`lookup_following`]), and a chain is as secure as its weakest link.
@@ -47,7 +48,32 @@
 //!   not.
 //! - [`Resolver::probe_dnssec`] checks that the root DNSKEY validates through the
 //!   upstreams; the daemon runs [`monitor_dnssec`] and says loudly when it does not.
+//!
+//! # When DNSSEC is unavailable: unvalidated fallback
+//!
+//! Many upstreams (home routers, some forwarders) strip RRSIGs, DNSKEY and DS
+//! records; a configured trust anchor that matches no root key has the same effect.
+//! Validating through such a path makes *every* answer bogus or indeterminate, and
+//! every message, even one at level `encrypted`, would be deferred forever. So the
+//! [`Resolver`] reads the shared [`DnssecStatus`]: while the last probe says
+//! DNSSEC is **unavailable**, lookups go through the non-validating resolver and
+//! every answer is [`Security::Unvalidated`] (never secure, never bogus). While it
+//! is available, or not probed yet, validation stays on and a bogus or
+//! indeterminate answer defers as above (D1, B1: with working DNSSEC, a broken
+//! answer is an attack signal).
+//!
+//! The trade-off, deliberately: with unvalidated answers DANE does not apply (D2,
+//! D3 need secure answers) and neither does "PKIX on a DNSSEC-secure MX" for
+//! `verified`; `verified` then needs an MTA-STS enforce policy or a certificate name
+//! within the recipient domain, else the message is deferred. `may`, `encrypted` and
+//! `trusted` do not rely on DNS authenticity and deliver as usual. An on-path
+//! attacker who strips signatures everywhere can force this mode; it never lowers a
+//! message below its level, but DANE's extra protection for lower levels is lost
+//! while it lasts. The switch is logged at error level and reported by
+//! `qrelay status` and `qrelay check`, the same behaviour as Postfix with a
+//! non-validating resolver.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,7 +105,8 @@ pub use probe::{monitor_dnssec, DnssecHealth, DnssecStatus, PROBE_INTERVAL};
 /// `Unvalidated` for answers of a resolver that does not validate).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Security {
-    /// DNSSEC validation was not performed (this release).
+    /// DNSSEC validation was not performed: DNSSEC is unavailable through the
+    /// upstream resolvers (see the module documentation), or an IP literal.
     Unvalidated,
     /// A chain of trust from the trust anchor vouches for the answer.
     Secure,
@@ -529,7 +556,9 @@ pub fn order_mx<R: Rng + ?Sized>(
 /// Two hickory resolvers share the upstreams: `validated` (DNSSEC on, the trust
 /// anchor configured) answers every lookup this module makes; `plain` (no
 /// validation) only fetches the root DNSKEY RRset when the anchor is a DS, and
-/// serves [`Resolver::hickory`].
+/// serves [`Resolver::hickory`]. While the shared [`DnssecStatus`] says DNSSEC is
+/// unavailable, `plain` answers the lookups too (unvalidated fallback, see the
+/// module documentation).
 #[derive(Clone)]
 pub struct Resolver {
     plain: TokioResolver,
@@ -539,6 +568,8 @@ pub struct Resolver {
     anchor: Arc<TrustAnchor>,
     cfg: Arc<DnsConfig>,
     validating: bool,
+    /// The last DNSSEC probe (shared with the daemon's [`monitor_dnssec`]).
+    dnssec: DnssecStatus,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -580,14 +611,53 @@ impl Resolver {
     /// built-in IANA root keys.
     pub fn from_config(cfg: &DnsConfig) -> Result<Resolver, DnsSetupError> {
         let anchor = TrustAnchor::from_config(cfg.trust_anchor.as_deref())?;
-        Resolver::build(cfg, anchor, true)
+        Resolver::build(cfg, anchor, true, Transport::Tcp)
+    }
+
+    /// Share `status` (the daemon's probe result) instead of this resolver's own.
+    pub fn with_dnssec_status(mut self, status: DnssecStatus) -> Resolver {
+        self.dnssec = status;
+        self
+    }
+
+    /// The DNSSEC probe status this resolver follows (shared by its clones).
+    pub fn dnssec_status(&self) -> &DnssecStatus {
+        &self.dnssec
+    }
+
+    /// Validation is configured, but the last probe found DNSSEC unavailable through
+    /// the upstreams: lookups are answered unvalidated.
+    pub fn dnssec_unavailable(&self) -> bool {
+        self.validating && matches!(self.dnssec.get(), DnssecHealth::Unavailable { .. })
+    }
+
+    /// The resolver for one lookup (one snapshot of the status, so all queries of a
+    /// lookup agree): `self`, or a non-validating copy while DNSSEC is unavailable.
+    fn current(&self) -> Cow<'_, Resolver> {
+        if self.dnssec_unavailable() {
+            let mut plain = self.clone();
+            plain.validating = false;
+            Cow::Owned(plain)
+        } else {
+            Cow::Borrowed(self)
+        }
+    }
+
+    /// A validating resolver (built-in anchor) against a small unsigned test
+    /// responder (UDP), to check what an unsigned world looks like to it.
+    #[cfg(test)]
+    pub(crate) fn validating_for_tests(cfg: &DnsConfig) -> Resolver {
+        match Resolver::build(cfg, TrustAnchor::builtin(), true, Transport::UdpThenTcp) {
+            Ok(r) => r,
+            Err(e) => panic!("test resolver: {e}"),
+        }
     }
 
     /// A resolver that does not validate (every answer `Unvalidated`), for unit
     /// tests against small unsigned test responders.
     #[cfg(test)]
     pub(crate) fn unvalidated_for_tests(cfg: &DnsConfig) -> Resolver {
-        match Resolver::build(cfg, TrustAnchor::builtin(), false) {
+        match Resolver::build(cfg, TrustAnchor::builtin(), false, Transport::UdpThenTcp) {
             Ok(r) => r,
             Err(e) => panic!("test resolver: {e}"),
         }
@@ -597,12 +667,8 @@ impl Resolver {
         cfg: &DnsConfig,
         anchor: TrustAnchor,
         validating: bool,
+        transport: Transport,
     ) -> Result<Resolver, DnsSetupError> {
-        let transport = if validating {
-            Transport::Tcp
-        } else {
-            Transport::UdpThenTcp
-        };
         let plain = hickory_resolver(cfg, None, transport)?;
         let validated = OnceCell::new();
         if validating {
@@ -623,6 +689,7 @@ impl Resolver {
             anchor: Arc::new(anchor),
             cfg: Arc::new(cfg.clone()),
             validating,
+            dnssec: DnssecStatus::default(),
         })
     }
 
@@ -725,6 +792,10 @@ impl Resolver {
 
     /// Where mail for `domain` goes (see the module documentation for the rules).
     pub async fn resolve_mx(&self, domain: &str) -> MxResult {
+        self.current().mx_now(domain).await
+    }
+
+    async fn mx_now(&self, domain: &str) -> MxResult {
         let name = match absolute_name(domain) {
             Ok(n) => n,
             Err(e) => {
@@ -785,7 +856,7 @@ impl Resolver {
     /// RFC 5321 5.1: no MX RRset; if the domain has addresses it is its own mail host.
     async fn implicit_mx(&self, domain: &str, mx_security: Security) -> MxResult {
         let host = domain.trim_end_matches('.').to_ascii_lowercase();
-        let addrs = self.resolve_addrs(&host).await;
+        let addrs = self.addrs_now(&host).await;
         let security = mx_security.weakest(addrs.security);
         if let Some(failed) = MxResult::unverified(security, "the implicit MX (address) answer") {
             return failed;
@@ -816,6 +887,10 @@ impl Resolver {
     /// way. A bogus or unverifiable answer yields *no* addresses (D1: the host is not
     /// used) and a `temp_error` saying why.
     pub async fn resolve_addrs(&self, host: &str) -> AddrResult {
+        self.current().addrs_now(host).await
+    }
+
+    async fn addrs_now(&self, host: &str) -> AddrResult {
         let name = match absolute_name(host) {
             Ok(n) => n,
             Err(e) => {
@@ -1536,5 +1611,106 @@ mod tests {
         };
         let err = Resolver::from_config(&bad).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/anchor"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod unavailable_tests {
+    //! The unvalidated fallback while DNSSEC is unavailable (module documentation),
+    //! against the shared unsigned test responder.
+    use super::*;
+    use crate::dane::TlsaAnswer;
+    use crate::testutil::dns::TestDns;
+    use std::time::SystemTime;
+
+    fn validating(dns: &TestDns) -> Resolver {
+        Resolver::validating_for_tests(&DnsConfig {
+            servers: vec![dns.addr],
+            timeout: Duration::from_secs(2),
+            trust_anchor: None,
+        })
+    }
+
+    async fn world() -> TestDns {
+        let dns = TestDns::start().await;
+        dns.mx("example.test", &[(10, "mx.example.test.")]);
+        dns.a("mx.example.test", std::net::Ipv4Addr::new(127, 0, 0, 11));
+        dns
+    }
+
+    #[tokio::test]
+    async fn unavailable_dnssec_gives_unvalidated_answers_not_failures() {
+        let dns = world().await;
+        let r = validating(&dns);
+        r.dnssec_status().set(DnssecHealth::Unavailable {
+            reason: "stripped".into(),
+            checked_at: SystemTime::now(),
+        });
+        assert!(r.dnssec_unavailable());
+        match r.resolve_mx("example.test").await {
+            MxResult::Hosts {
+                hosts, security, ..
+            } => {
+                assert_eq!(hosts[0].name, "mx.example.test");
+                assert_eq!(security, Security::Unvalidated);
+            }
+            other => panic!("{other:?}"),
+        }
+        let a = r.resolve_addrs("mx.example.test").await;
+        assert_eq!(a.addrs, vec!["127.0.0.11".parse::<IpAddr>().unwrap()]);
+        assert_eq!(a.security, Security::Unvalidated);
+        assert!(!a.canonical_secure);
+        // No TLSA records: DANE does not apply (never Failed, never Secure).
+        assert_eq!(
+            r.resolve_tlsa("_25._tcp.mx.example.test.").await,
+            TlsaAnswer::Insecure
+        );
+        // The status is shared by clones: recovery switches validation back on.
+        let clone = r.clone();
+        r.dnssec_status().set(DnssecHealth::Available {
+            checked_at: SystemTime::now(),
+        });
+        assert!(!clone.dnssec_unavailable());
+    }
+
+    #[tokio::test]
+    async fn available_dnssec_never_takes_an_unsigned_answer_as_secure() {
+        let dns = world().await;
+        let r = validating(&dns);
+        for health in [
+            DnssecHealth::Unknown,
+            DnssecHealth::Available {
+                checked_at: SystemTime::now(),
+            },
+        ] {
+            r.dnssec_status().set(health);
+            assert!(!r.dnssec_unavailable());
+            let mx = r.resolve_mx("example.test").await;
+            assert!(
+                !matches!(
+                    mx.security(),
+                    Security::Secure | Security::Unvalidated | Security::Insecure
+                ),
+                "{mx:?}"
+            );
+            assert!(!matches!(mx, MxResult::Hosts { .. }), "{mx:?}");
+            let a = r.resolve_addrs("mx.example.test").await;
+            assert!(a.addrs.is_empty(), "{a:?}");
+            assert_ne!(a.security, Security::Secure);
+            assert!(matches!(
+                r.resolve_tlsa("_25._tcp.mx.example.test.").await,
+                TlsaAnswer::Failed { .. }
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_probe_through_an_unsigned_upstream_reports_unavailable() {
+        let dns = world().await;
+        let r = validating(&dns);
+        match r.probe_dnssec().await {
+            DnssecHealth::Unavailable { reason, .. } => assert!(!reason.is_empty()),
+            other => panic!("{other:?}"),
+        }
     }
 }

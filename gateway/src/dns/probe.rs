@@ -7,7 +7,11 @@
 //! resolver path, not the recipients. So at start and every [`PROBE_INTERVAL`] the
 //! root DNSKEY RRset is looked up and must validate against the trust anchor; if it
 //! does not, one loud error-level sentence says so, and [`DnssecStatus`] holds the
-//! state for the control socket (`qrelay status`).
+//! state for the control socket (`qrelay status`) and for the [`Resolver`], which
+//! answers unvalidated while DNSSEC is unavailable (the module documentation of
+//! [`crate::dns`] explains the trade-off). A trust anchor that matches no root key
+//! counts as unavailable too: a misconfiguration the operator must fix, reported
+//! the same loud way.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -26,7 +30,8 @@ pub enum DnssecHealth {
     Unknown,
     /// The root DNSKEY RRset validated against the trust anchor.
     Available { checked_at: SystemTime },
-    /// It did not: DNSSEC answers cannot be had now; what needs them is deferred.
+    /// It did not: DNSSEC answers cannot be had now; lookups are unvalidated and
+    /// what needs DNSSEC is deferred.
     Unavailable {
         reason: String,
         checked_at: SystemTime,
@@ -45,7 +50,9 @@ impl DnssecHealth {
         match self {
             DnssecHealth::Unknown => "DNSSEC: not probed yet".into(),
             DnssecHealth::Available { .. } => "DNSSEC: available".into(),
-            DnssecHealth::Unavailable { reason, .. } => format!("DNSSEC: UNAVAILABLE ({reason})"),
+            DnssecHealth::Unavailable { reason, .. } => {
+                format!("DNSSEC: UNAVAILABLE ({reason}); answers unvalidated")
+            }
             DnssecHealth::Disabled => "DNSSEC: validation off".into(),
         }
     }
@@ -69,7 +76,7 @@ impl DnssecStatus {
         }
     }
 
-    fn set(&self, health: DnssecHealth) {
+    pub fn set(&self, health: DnssecHealth) {
         match self.0.write() {
             Ok(mut g) => *g = health,
             Err(poisoned) => *poisoned.into_inner() = health,
@@ -115,9 +122,11 @@ impl Resolver {
     }
 }
 
-/// Probe now and then every `interval` forever, keeping `status` current and
-/// logging: the error sentence while DNSSEC is unavailable (every probe, so it stays
-/// visible), one info line when it becomes available.
+/// Probe now and then every `interval` forever, keeping `status` current (the
+/// resolvers sharing it switch to unvalidated lookups while it says unavailable)
+/// and logging: the error sentence when DNSSEC becomes unavailable, a warning on
+/// every further probe that still fails (so it stays visible), one info line when
+/// it becomes available. The status is set before the line is logged.
 pub async fn monitor_dnssec(resolver: Resolver, status: DnssecStatus, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -125,19 +134,33 @@ pub async fn monitor_dnssec(resolver: Resolver, status: DnssecStatus, interval: 
         ticker.tick().await;
         let health = resolver.probe_dnssec().await;
         let before = status.get();
-        match &health {
-            DnssecHealth::Unavailable { reason, .. } => tracing::error!(
-                "DNSSEC unavailable through upstream resolvers {}: {reason}; deliveries that need DNSSEC are deferred",
-                resolver.upstreams()
-            ),
-            DnssecHealth::Available { .. } if !before.is_available() => tracing::info!(
-                upstreams = %resolver.upstreams(),
-                anchor = %resolver.anchor.describe(),
-                "DNSSEC available: the root DNSKEY validates"
-            ),
-            _ => {}
-        }
-        status.set(health);
+        status.set(health.clone());
+        log_transition(&resolver, &before, &health);
+    }
+}
+
+fn log_transition(resolver: &Resolver, before: &DnssecHealth, now: &DnssecHealth) {
+    let was_unavailable = matches!(before, DnssecHealth::Unavailable { .. });
+    match now {
+        DnssecHealth::Unavailable { reason, .. } if !was_unavailable => tracing::error!(
+            "DNSSEC unavailable through upstream resolvers {}: {reason}: falling back to unvalidated DNS; DANE and DNSSEC-based authentication are off until it works again; messages that need them are deferred",
+            resolver.upstreams()
+        ),
+        DnssecHealth::Unavailable { reason, .. } => tracing::warn!(
+            "DNSSEC still unavailable through upstream resolvers {}: {reason}; answers unvalidated, DANE off",
+            resolver.upstreams()
+        ),
+        DnssecHealth::Available { .. } if was_unavailable => tracing::info!(
+            upstreams = %resolver.upstreams(),
+            anchor = %resolver.anchor.describe(),
+            "DNSSEC available again: the root DNSKEY validates; DNSSEC validation and DANE are back on"
+        ),
+        DnssecHealth::Available { .. } if !before.is_available() => tracing::info!(
+            upstreams = %resolver.upstreams(),
+            anchor = %resolver.anchor.describe(),
+            "DNSSEC available: the root DNSKEY validates"
+        ),
+        _ => {}
     }
 }
 

@@ -36,9 +36,11 @@ impl Resolver {
                 }
             }
         };
+        // While DNSSEC is unavailable the answer is unvalidated: no DANE (Insecure).
+        let r = self.current();
         let answer = classify_tlsa(
-            self.validating,
-            lookup_following(self, &name, RecordType::TLSA).await,
+            r.validating,
+            lookup_following(&*r, &name, RecordType::TLSA).await,
         );
         tracing::debug!(qname, ?answer, "TLSA lookup");
         answer

@@ -563,7 +563,16 @@ fn authenticate(
 /// Why the MX name of a `trusted` host is not authenticated, e.g. "no DNSSEC, no
 /// MTA-STS enforce policy, no certificate name within example.com".
 fn unauthenticated_mx(f: &HostFacts<'_>) -> String {
-    let dnssec = if f.mx_security != Security::Secure {
+    let literal = f.host.parse::<std::net::IpAddr>().is_ok();
+    let dnssec = if !literal
+        && (f.mx_security == Security::Unvalidated || f.address_security == Security::Unvalidated)
+    {
+        // Only a resolver that cannot validate (DNSSEC unavailable through the
+        // upstreams, see `crate::dns`) leaves a host name's answers unvalidated.
+        "MX answer unvalidated (DNSSEC unavailable through the upstream resolvers), not \
+         DNSSEC-secure"
+            .to_string()
+    } else if f.mx_security != Security::Secure {
         format!("MX answer {}, not DNSSEC-secure", f.mx_security)
     } else {
         format!("address answer {}, not DNSSEC-secure", f.address_security)

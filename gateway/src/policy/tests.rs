@@ -374,8 +374,9 @@ fn a3_trusted_is_not_verified_and_the_reason_says_what_is_missing() {
     assert_eq!(
         skip_reason(&d),
         "mx1.example.test: certificate is valid for mx1.example.test (trusted), but the MX name \
-         is not authenticated (MX answer unvalidated, not DNSSEC-secure; no MTA-STS enforce \
-         policy; no certificate name within example.test) — level verified requires it"
+         is not authenticated (MX answer unvalidated (DNSSEC unavailable through the upstream \
+         resolvers), not DNSSEC-secure; no MTA-STS enforce policy; no certificate name within \
+         example.test) — level verified requires it"
     );
     // The same session meets `trusted`.
     let d = run(Level::Trusted, true, established(Ok(())));

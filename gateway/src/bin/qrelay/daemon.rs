@@ -46,11 +46,12 @@ pub async fn run(config: Config) -> Result<()> {
         .context("cannot set up the inbound TLS certificate")?;
     let deliverer = Deliverer::new(config.clone()).context("cannot set up delivery")?;
     // DNSSEC health (issue 3): probe the root DNSKEY through the upstreams now and
-    // every ten minutes; an unavailable DNSSEC path is logged loudly (deliveries that
-    // need it defer by themselves). The status is shared for the control socket.
-    let dnssec_status = qrelay::dns::DnssecStatus::default();
-    let probe_resolver =
-        qrelay::dns::Resolver::from_config(&config.dns).context("cannot set up DNS")?;
+    // every ten minutes. The status is the delivery resolver's own (shared by its
+    // clones, MTA-STS's included): while DNSSEC is unavailable its lookups are
+    // unvalidated, which is logged loudly (see `qrelay::dns`); the control socket
+    // reports it too.
+    let probe_resolver = deliverer.resolver().clone();
+    let dnssec_status = probe_resolver.dnssec_status().clone();
     let deliverer_upstreams = probe_resolver.upstreams();
     tokio::spawn(qrelay::dns::monitor_dnssec(
         probe_resolver,

@@ -1999,3 +1999,69 @@ async fn i_check_encrypted_and_failed_hosts() {
     let logs = logs_settled(&logs, 2).await;
     assert!(!sent_mail(&logs), "{logs:?}");
 }
+
+// ---------------------------------------------------------------- DNSSEC unavailable
+
+/// The whole attempt (resolver, policy, session) with DNSSEC unavailable through
+/// the upstream: the unsigned test responder's answers are used unvalidated, so
+/// `encrypted` and `trusted` deliver, and `verified` needs more than the MX name.
+#[tokio::test]
+async fn dnssec_unavailable_delivers_unvalidated_up_to_trusted_and_says_why_not_verified() {
+    use crate::dns::DnssecHealth;
+    let pki = Pki::new();
+    let (_dir, ca) = ca_file(&pki);
+    let mx = "mx.provider.test";
+    let (cert, key) = pki.leaf(mx);
+    let (port, logs) = start(Spec {
+        starttls: Some(server_tls(cert, &key)),
+        ..Default::default()
+    })
+    .await;
+    let dns = crate::testutil::dns::TestDns::start().await;
+    dns.mx("example.test", &[(10, "mx.provider.test.")]);
+    dns.a(mx, std::net::Ipv4Addr::LOCALHOST);
+    let mut d = deliverer(port, Some(&ca));
+    d.resolver = crate::dns::Resolver::validating_for_tests(&crate::config::DnsConfig {
+        servers: vec![dns.addr],
+        timeout: Duration::from_secs(2),
+        trust_anchor: None,
+    });
+
+    // DNSSEC works (as far as the resolver knows): the unsigned answer defers (D1).
+    let report = d
+        .attempt(request(Level::Encrypted, &["bob@example.test"]))
+        .await;
+    assert_eq!(status_of(&report.outcomes[0]), "4.7.5", "{report:?}");
+    assert!(!delivered(&report.outcomes[0]));
+
+    d.resolver().dnssec_status().set(DnssecHealth::Unavailable {
+        reason: "signatures stripped".into(),
+        checked_at: std::time::SystemTime::now(),
+    });
+    let report = d
+        .attempt(request(Level::Encrypted, &["bob@example.test"]))
+        .await;
+    assert!(delivered(&report.outcomes[0]), "{report:?}");
+    assert_eq!(auth(&report).mx_dnssec, "unvalidated");
+    assert_eq!(auth(&report).address_dnssec, "unvalidated");
+
+    let report = d
+        .attempt(request(Level::Verified, &["bob@example.test"]))
+        .await;
+    assert_eq!(status_of(&report.outcomes[0]), "4.7.5", "{report:?}");
+    let reply = reply_of(&report.outcomes[0]);
+    assert!(
+        reply.contains("MX answer unvalidated (DNSSEC unavailable through the upstream resolvers)"),
+        "{reply}"
+    );
+    assert_eq!(report.attempt.verdict, Some(TransportVerdict::Trusted));
+    assert_eq!(
+        logs_settled(&logs, 2)
+            .await
+            .iter()
+            .filter(|l| l.commands.iter().any(|c| c.starts_with("MAIL")))
+            .count(),
+        1,
+        "only the `encrypted` message was sent"
+    );
+}
