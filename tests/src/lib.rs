@@ -16,7 +16,7 @@ pub mod smtp;
 
 pub use infra::{Infra, Mx};
 pub use mailbox::{Mailbox, Message};
-pub use relay::{swaks, token, Relay};
+pub use relay::{level, swaks, token, Relay};
 pub use smtp::{build_message, send_mail, SmtpClient};
 
 use std::time::{Duration, Instant};

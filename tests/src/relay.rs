@@ -11,7 +11,8 @@ use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::infra::{tail_file, Infra, DNS_ADDR};
+use crate::infra::{tail_file, Infra, Mx, DNS_ADDR};
+use crate::mailbox::Message;
 
 /// The `qrelay` binary: `$QRELAY_BIN`, else the newest of target/{release,debug}/qrelay
 /// in the workspace target directory (`$CARGO_TARGET_DIR` honoured).
@@ -363,6 +364,11 @@ pub fn swaks(
 }
 
 /// A unique token for subjects and local parts: `<prefix>-<pid>-<random>`.
+/// The configuration override that sets the class `normal` to `level`.
+pub fn level(level: &str) -> String {
+    format!("[class.normal]\nlevel = \"{level}\"\n")
+}
+
 pub fn token(prefix: &str) -> String {
     format!(
         "{prefix}-{}-{:08x}",
@@ -389,6 +395,19 @@ pub fn queued_id(transcript: &str) -> Option<String> {
 
 impl Relay {
     /// Send with swaks through this relay; returns the queue ID of the accepted message.
+    /// Send a message from `sender@lan.test` to `<token>@<domain>`, with the token
+    /// (made from `tag`) as its subject, and wait until it is in `mx`'s mailbox.
+    /// Peers are shared, so tests find their own message by the token.
+    pub fn deliver_token(&self, tag: &str, domain: &str, mx: Mx, timeout: Duration) -> Message {
+        let tok = token(tag);
+        self.swaks("sender@lan.test", &format!("{tok}@{domain}"), &tok)
+            .unwrap_or_else(|e| panic!("sending to {domain}: {e:#}"));
+        Infra::get()
+            .mailbox(mx)
+            .wait_for_token(&tok, timeout)
+            .unwrap_or_else(|e| panic!("waiting for {tok} at {}: {e:#}", mx.hostname()))
+    }
+
     pub fn swaks(&self, from: &str, to: &str, subject: &str) -> Result<String> {
         let t = swaks(self.listen, from, to, subject, &[])?;
         queued_id(&t).with_context(|| format!("no queue ID in swaks transcript:\n{t}"))

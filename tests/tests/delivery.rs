@@ -3,14 +3,10 @@
 use std::time::Duration;
 
 use qrelay_tests::relay::assert_never_arrives;
-use qrelay_tests::{build_message, send_mail, token, Infra, Message, Mx, Relay};
+use qrelay_tests::{build_message, level, send_mail, token, Infra, Message, Mx, Relay};
 
 const ARRIVE: Duration = Duration::from_secs(60);
 const HELD: Duration = Duration::from_secs(60);
-
-fn level(l: &str) -> String {
-    format!("[class.normal]\nlevel = \"{l}\"\n")
-}
 
 fn assert_tls(m: &Message, mx: Mx) {
     let r = m
@@ -57,33 +53,21 @@ fn wait_dsn(sender: &str, timeout: Duration) -> Message {
 
 #[test]
 fn trusted_to_ca_signed_mx_arrives_over_tls() {
-    let infra = Infra::get();
     let relay = Relay::start(&level("trusted")).unwrap();
-    let tok = token("trusted-ca");
-    relay
-        .swaks("sender@lan.test", &format!("{tok}@ca.example.test"), &tok)
-        .unwrap();
-    let m = infra.mailbox(Mx::Ca).wait_for_token(&tok, ARRIVE).unwrap();
+    let m = relay.deliver_token("trusted-ca", "ca.example.test", Mx::Ca, ARRIVE);
     assert_tls(&m, Mx::Ca);
     assert!(m
         .header("Delivered-To")
-        .is_some_and(|d| d.contains(&format!("{tok}@ca.example.test"))));
+        .zip(m.header("Subject"))
+        .is_some_and(|(to, tok)| to.contains(&format!("{tok}@ca.example.test"))));
 }
 
 // (b) -------------------------------------------------------------------------
 
 #[test]
 fn encrypted_to_self_signed_mx_arrives_over_tls() {
-    let infra = Infra::get();
     let relay = Relay::start(&level("encrypted")).unwrap();
-    let tok = token("enc-self");
-    relay
-        .swaks("sender@lan.test", &format!("{tok}@self.example.test"), &tok)
-        .unwrap();
-    let m = infra
-        .mailbox(Mx::SelfSigned)
-        .wait_for_token(&tok, ARRIVE)
-        .unwrap();
+    let m = relay.deliver_token("enc-self", "self.example.test", Mx::SelfSigned, ARRIVE);
     assert_tls(&m, Mx::SelfSigned);
 }
 
@@ -112,35 +96,15 @@ fn encrypted_to_mx_without_starttls_is_held() {
 
 #[test]
 fn may_to_mx_without_starttls_arrives_in_plaintext() {
-    let infra = Infra::get();
     let relay = Relay::start(&level("may")).unwrap();
-    let tok = token("may-plain");
-    relay
-        .swaks(
-            "sender@lan.test",
-            &format!("{tok}@plain.example.test"),
-            &tok,
-        )
-        .unwrap();
-    let m = infra
-        .mailbox(Mx::Plain)
-        .wait_for_token(&tok, ARRIVE)
-        .unwrap();
+    let m = relay.deliver_token("may-plain", "plain.example.test", Mx::Plain, ARRIVE);
     assert_plaintext(&m, Mx::Plain);
 }
 
 #[test]
 fn may_uses_tls_when_offered() {
-    let infra = Infra::get();
     let relay = Relay::start(&level("may")).unwrap();
-    let tok = token("may-self");
-    relay
-        .swaks("sender@lan.test", &format!("{tok}@self.example.test"), &tok)
-        .unwrap();
-    let m = infra
-        .mailbox(Mx::SelfSigned)
-        .wait_for_token(&tok, ARRIVE)
-        .unwrap();
+    let m = relay.deliver_token("may-self", "self.example.test", Mx::SelfSigned, ARRIVE);
     assert_tls(&m, Mx::SelfSigned);
 }
 
@@ -185,33 +149,15 @@ fn trusted_to_mx_without_starttls_is_held() {
 
 #[test]
 fn preferred_mx_down_backup_mx_used() {
-    let infra = Infra::get();
     let relay = Relay::start(&level("trusted")).unwrap();
-    let tok = token("backup");
-    relay
-        .swaks(
-            "sender@lan.test",
-            &format!("{tok}@backup.example.test"),
-            &tok,
-        )
-        .unwrap();
-    let m = infra.mailbox(Mx::Ca).wait_for_token(&tok, ARRIVE).unwrap();
+    let m = relay.deliver_token("backup", "backup.example.test", Mx::Ca, ARRIVE);
     assert_tls(&m, Mx::Ca);
 }
 
 #[test]
 fn implicit_mx_from_address_record() {
-    let infra = Infra::get();
     let relay = Relay::start(&level("encrypted")).unwrap();
-    let tok = token("implicit");
-    relay
-        .swaks(
-            "sender@lan.test",
-            &format!("{tok}@implicit.example.test"),
-            &tok,
-        )
-        .unwrap();
-    let m = infra.mailbox(Mx::Ca).wait_for_token(&tok, ARRIVE).unwrap();
+    let m = relay.deliver_token("implicit", "implicit.example.test", Mx::Ca, ARRIVE);
     assert_tls(&m, Mx::Ca);
 }
 

@@ -9,14 +9,10 @@ use std::time::{Duration, Instant};
 
 use qrelay_tests::infra::{kdig, trust_anchor_file};
 use qrelay_tests::relay::assert_never_arrives;
-use qrelay_tests::{token, Infra, Message, Mx, Relay};
+use qrelay_tests::{level, token, Infra, Message, Mx, Relay};
 
 const ARRIVE: Duration = Duration::from_secs(60);
 const HELD: Duration = Duration::from_secs(60);
-
-fn level(l: &str) -> String {
-    format!("[class.normal]\nlevel = \"{l}\"\n")
-}
 
 fn assert_tls(m: &Message, mx: Mx) {
     let r = m
@@ -71,13 +67,8 @@ fn the_test_world_is_signed() {
 
 #[test]
 fn secure_zone_delivers_at_encrypted() {
-    let infra = Infra::get();
     let relay = Relay::start(&level("encrypted")).unwrap();
-    let tok = token("dnssec-secure");
-    relay
-        .swaks("sender@lan.test", &format!("{tok}@ca.example.test"), &tok)
-        .unwrap();
-    let m = infra.mailbox(Mx::Ca).wait_for_token(&tok, ARRIVE).unwrap();
+    let m = relay.deliver_token("dnssec-secure", "ca.example.test", Mx::Ca, ARRIVE);
     assert_tls(&m, Mx::Ca);
     // The probe found DNSSEC working through Knot with the test root's anchor.
     wait_log(&relay, "DNSSEC available", Duration::from_secs(20));
@@ -92,17 +83,8 @@ fn secure_zone_delivers_at_encrypted() {
 fn secure_cname_mx_host_is_followed() {
     // alias.example.test MX mx-alias, a CNAME to mx-ca (which has no AAAA): the
     // NODATA for AAAA at the end of the chain must not turn the host bogus.
-    let infra = Infra::get();
     let relay = Relay::start(&level("encrypted")).unwrap();
-    let tok = token("dnssec-cname");
-    relay
-        .swaks(
-            "sender@lan.test",
-            &format!("{tok}@alias.example.test"),
-            &tok,
-        )
-        .unwrap();
-    let m = infra.mailbox(Mx::Ca).wait_for_token(&tok, ARRIVE).unwrap();
+    let m = relay.deliver_token("dnssec-cname", "alias.example.test", Mx::Ca, ARRIVE);
     assert_tls(&m, Mx::Ca);
 }
 
@@ -157,17 +139,8 @@ fn d1_bogus_mx_defers_the_domain() {
 
 #[test]
 fn d2_insecure_delegation_is_insecure_not_bogus() {
-    let infra = Infra::get();
     let relay = Relay::start(&level("encrypted")).unwrap();
-    let tok = token("dnssec-insecure");
-    relay
-        .swaks(
-            "sender@lan.test",
-            &format!("{tok}@insecure.example.test"),
-            &tok,
-        )
-        .unwrap();
-    let m = infra.mailbox(Mx::Ca).wait_for_token(&tok, ARRIVE).unwrap();
+    let m = relay.deliver_token("dnssec-insecure", "insecure.example.test", Mx::Ca, ARRIVE);
     assert_tls(&m, Mx::Ca);
 }
 
@@ -209,11 +182,7 @@ fn probe_reports_dnssec_unavailable_with_a_wrong_trust_anchor() {
 
     // `encrypted`: delivered over TLS, the answers recorded as unvalidated.
     let relay = start("encrypted");
-    let tok = token("dnssec-wrong-anchor");
-    relay
-        .swaks("sender@lan.test", &format!("{tok}@ca.example.test"), &tok)
-        .unwrap();
-    let m = infra.mailbox(Mx::Ca).wait_for_token(&tok, ARRIVE).unwrap();
+    let m = relay.deliver_token("dnssec-wrong-anchor", "ca.example.test", Mx::Ca, ARRIVE);
     assert_tls(&m, Mx::Ca);
     // The attempt's evidence: the MX answer was used unvalidated.
     let mx_dnssec = qrelay_tests::wait_until(
