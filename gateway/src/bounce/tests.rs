@@ -33,7 +33,10 @@ fn envelope(sender: &str) -> Envelope {
         smtputf8: false,
         requiretls: false,
         size: original().len() as u64,
-        class: "normal".into(),
+        class: crate::config::RiskClass::Normal,
+        class_reasons: Vec::new(),
+        tls_optional: false,
+        expires_at: None,
         client: ClientInfo::default(),
         message_id: Some("<orig-1@example.com>".into()),
         recipients: Vec::new(),
@@ -53,6 +56,8 @@ fn failed(addr: &str, reply: &str, status: &str) -> Recipient {
         verdict: None,
         reply: reply.into(),
         auth: None,
+        problem: None,
+        requiretls: false,
     });
     r
 }

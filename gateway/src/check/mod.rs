@@ -28,7 +28,7 @@ use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{Name, RData};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, Level};
+use crate::config::{Config, Level, RiskClass};
 use crate::deliver::client::{AddressProbe, Deliverer, HostProbe, Route, TlsaSource};
 use crate::dns::{DnssecHealth, MxResult, Resolver, Security};
 use crate::mtasts::record::{discover, Discovery};
@@ -58,19 +58,21 @@ pub struct ClassSpec {
 
 /// The classes to judge: `only`, or every configured class.
 pub fn classes(config: &Config, only: Option<&str>) -> Result<Vec<ClassSpec>, CheckError> {
-    let spec = |name: &str| ClassSpec {
-        name: name.to_string(),
-        level: config.class_level(name),
-        profile: config.class_tls_profile(name),
+    let spec = |class: RiskClass| ClassSpec {
+        name: class.as_str().to_string(),
+        level: config.class_level(class),
+        profile: config.class_tls_profile(class),
     };
     match only {
-        Some(name) if config.class.contains_key(name) => Ok(vec![spec(name)]),
-        Some(name) => Err(CheckError::UnknownClass {
-            name: name.to_string(),
-            known: config.class.keys().cloned().collect::<Vec<_>>().join(", "),
-        }),
+        Some(name) => match RiskClass::parse(name) {
+            Some(class) => Ok(vec![spec(class)]),
+            None => Err(CheckError::UnknownClass {
+                name: name.to_string(),
+                known: RiskClass::ALL.map(|c| c.as_str()).join(", "),
+            }),
+        },
         None if config.class.is_empty() => Err(CheckError::NoClasses),
-        None => Ok(config.class.keys().map(|n| spec(n)).collect()),
+        None => Ok(RiskClass::ALL.into_iter().map(spec).collect()),
     }
 }
 

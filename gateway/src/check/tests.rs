@@ -325,10 +325,12 @@ fn i_json_has_the_documented_shape() {
 fn i_classes_come_from_the_configuration() {
     let mut config = Config::default();
     config.class.insert(
-        "high".into(),
+        RiskClass::High,
         crate::config::ClassConfig {
             level: Level::Verified,
             tls_profile: Some(Profile::Bsi),
+            grace: None,
+            action: crate::config::LevelAction::Bounce,
         },
     );
     let all = classes(&config, None).unwrap();

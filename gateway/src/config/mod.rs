@@ -82,10 +82,286 @@ pub struct Config {
     pub log: LogConfig,
     /// MTA-STS (RFC 8461): policy discovery, fetch and cache.
     pub mta_sts: MtaStsConfig,
-    /// Risk classes by name. Every message is `normal` for now.
-    pub class: BTreeMap<String, ClassConfig>,
+    #[serde(deserialize_with = "deserialize_classes")]
+    /// The risk classes (standards.md A1): `none`, `normal`, `high`, `secret`, each
+    /// with its level, TLS profile, grace period and action. A class not given
+    /// here keeps its built-in defaults ([`RiskClass::default_config`]).
+    pub class: BTreeMap<RiskClass, ClassConfig>,
+    /// How a message gets its class (`[classify]`).
+    pub classify: ClassifyConfig,
     /// Rules for particular recipient domains (`[[destination]]`).
     pub destination: Vec<DestinationConfig>,
+    /// Explicit, audited exceptions (`[[exception]]`, standards.md A4).
+    pub exception: Vec<ExceptionConfig>,
+    /// The tamper-evident evidence log (`[evidence]`, standards.md A5).
+    pub evidence: EvidenceConfig,
+    /// TLS-RPT reports to recipient domains (`[tls_rpt]`, RFC 8460).
+    pub tls_rpt: TlsRptConfig,
+}
+
+/// A risk class (standards.md A1), ordered from the least to the most protection:
+/// when several sources give a message a class, the highest wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RiskClass {
+    /// Nothing personal: opportunistic TLS is enough.
+    None,
+    /// Personal data: obligatory transport encryption (A2).
+    Normal,
+    /// Personal data with a high risk: qualified transport encryption (A3).
+    High,
+    /// Professional secrecy (§203 StGB): qualified transport encryption plus
+    /// content encryption (the fallback container, a later release).
+    Secret,
+}
+
+impl RiskClass {
+    pub const ALL: [RiskClass; 4] = [
+        RiskClass::None,
+        RiskClass::Normal,
+        RiskClass::High,
+        RiskClass::Secret,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RiskClass::None => "none",
+            RiskClass::Normal => "normal",
+            RiskClass::High => "high",
+            RiskClass::Secret => "secret",
+        }
+    }
+
+    /// Parse a class name as written in the configuration or a spool record.
+    pub fn parse(s: &str) -> Option<RiskClass> {
+        RiskClass::ALL
+            .into_iter()
+            .find(|c| c.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+
+    /// The built-in settings of a class (standards.md A1-A4).
+    pub fn default_config(self) -> ClassConfig {
+        let (level, grace) = match self {
+            RiskClass::None => (Level::May, None),
+            RiskClass::Normal => (Level::Encrypted, None),
+            RiskClass::High | RiskClass::Secret => {
+                (Level::Verified, Some(Duration::from_secs(3600)))
+            }
+        };
+        ClassConfig {
+            level,
+            tls_profile: None,
+            grace,
+            action: LevelAction::Bounce,
+        }
+    }
+}
+
+impl std::fmt::Display for RiskClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What happens to a message whose level could not be met when its class's grace
+/// period is over (standards.md A4). The sender is told in plain language either
+/// way. The fallback issue adds the encrypted-PDF container as a third action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LevelAction {
+    /// Return the message to its sender with the reason (a failure DSN).
+    #[default]
+    Bounce,
+    /// Keep the message, stop retrying, and tell the sender; an admin releases
+    /// (`qrelay queue release`) or deletes it.
+    Hold,
+}
+
+impl LevelAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LevelAction::Bounce => "bounce",
+            LevelAction::Hold => "hold",
+        }
+    }
+}
+
+/// How a message gets its risk class (`[classify]`). Every source that applies
+/// gives a class; the highest wins, and each reason is recorded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClassifyConfig {
+    /// The class of a message no rule matches.
+    pub default: RiskClass,
+    /// Subject tags (case-insensitive) and their classes. The tag is removed from
+    /// the Subject before the message is sent on.
+    pub subject_tags: BTreeMap<String, RiskClass>,
+    /// Values of Outlook's `Sensitivity:` header (case-insensitive) and their classes.
+    pub sensitivity: BTreeMap<String, RiskClass>,
+    /// Microsoft Purview sensitivity labels (the label name, or its GUID, from the
+    /// `msip_labels` header) and their classes.
+    pub purview_labels: BTreeMap<String, RiskClass>,
+    /// Senders (`user@domain`) or sender domains (`domain`) and their classes.
+    pub senders: BTreeMap<String, RiskClass>,
+    /// Recipient domains and the class mail to them needs at least (e.g. a partner
+    /// whose contract requires `verified`).
+    pub recipient_domains: BTreeMap<String, RiskClass>,
+    /// The class of a message submitted with REQUIRETLS (RFC 8689). The REQUIRETLS
+    /// rules of G2 apply to it on top of the class.
+    pub requiretls: RiskClass,
+    /// Honour a `TLS-Required: No` header (RFC 8689 section 5: deliver even without
+    /// TLS, ignoring DANE and MTA-STS) for messages of class `none` and `normal`.
+    /// Never for `high` or `secret` (G3).
+    pub honour_tls_required_no: bool,
+}
+
+impl Default for ClassifyConfig {
+    fn default() -> Self {
+        let tags = ["[vertraulich]", "[confidential]", "[secure]"]
+            .into_iter()
+            .map(|t| (t.to_string(), RiskClass::High))
+            .collect();
+        let sensitivity = [
+            ("private", RiskClass::High),
+            ("company-confidential", RiskClass::High),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        ClassifyConfig {
+            default: RiskClass::Normal,
+            subject_tags: tags,
+            sensitivity,
+            purview_labels: BTreeMap::new(),
+            senders: BTreeMap::new(),
+            recipient_domains: BTreeMap::new(),
+            requiretls: RiskClass::High,
+            honour_tls_required_no: false,
+        }
+    }
+}
+
+/// An explicit exception (standards.md A4): mail to a recipient domain or address
+/// may go with a lower level than its class requires, for a while, because someone
+/// accountable said so. Every use is recorded in the evidence log. No exception
+/// lowers `secret`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExceptionConfig {
+    /// A short name that identifies the exception in logs and evidence.
+    pub id: String,
+    /// The recipient domain (exactly) the exception is for; or `address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// The recipient address the exception is for; or `domain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// The level mail to the recipient needs while the exception holds.
+    pub level: Level,
+    /// Why (e.g. "partner's DANE record broken, ticket 4711").
+    pub reason: String,
+    /// Who approved it.
+    pub approver: String,
+    /// When it was made (RFC 3339, e.g. "2026-11-22T10:00:00Z").
+    #[serde(with = "rfc3339")]
+    pub created: std::time::SystemTime,
+    /// When it ends (RFC 3339); an expired exception no longer applies.
+    #[serde(with = "rfc3339")]
+    pub expires: std::time::SystemTime,
+}
+
+impl ExceptionConfig {
+    /// Whether the exception covers this recipient address (domain exact,
+    /// address case-insensitive).
+    pub fn covers(&self, address: &str) -> bool {
+        if let Some(a) = &self.address {
+            return a.eq_ignore_ascii_case(address);
+        }
+        if let Some(d) = &self.domain {
+            let rd = crate::spool::record::domain_of(address);
+            return d.trim_end_matches('.').eq_ignore_ascii_case(&rd);
+        }
+        false
+    }
+
+    pub fn in_force(&self, now: std::time::SystemTime) -> bool {
+        self.created <= now && now < self.expires
+    }
+}
+
+mod rfc3339 {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::SystemTime;
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_seconds(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let raw = String::deserialize(d)?;
+        humantime::parse_rfc3339_weak(raw.trim_end_matches('Z'))
+            .or_else(|_| humantime::parse_rfc3339(&raw))
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "{raw:?}: {e} (want e.g. \"2026-11-22T10:00:00Z\")"
+                ))
+            })
+    }
+}
+
+/// The evidence log (standards.md A5).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvidenceConfig {
+    /// How often the head of the hash chain is signed with the device key (and at
+    /// shutdown). Records appended since the last signature are covered by the next.
+    #[serde(with = "humantime_serde")]
+    pub sign_interval: Duration,
+    /// Add `X-Qrelay-Transport: verified dane-ee TLSv1.3 ...` to delivered messages.
+    pub transport_header: bool,
+    /// Put this mark in front of the Subject of messages delivered at level
+    /// `verified` (e.g. "🔒 "); empty: no mark.
+    pub subject_mark: String,
+}
+
+impl Default for EvidenceConfig {
+    fn default() -> Self {
+        EvidenceConfig {
+            sign_interval: Duration::from_secs(60),
+            transport_header: false,
+            subject_mark: String::new(),
+        }
+    }
+}
+
+/// TLS-RPT (RFC 8460): daily reports to domains that publish `_smtp._tls`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsRptConfig {
+    /// Collect results and send reports (standards.md B4).
+    pub enabled: bool,
+    /// `organization-name` in reports. Empty: the host name.
+    pub organization_name: String,
+    /// `contact-info` in reports, and the sender of report mails. Empty:
+    /// `postmaster@<host name>`.
+    pub contact: String,
+    /// TCP port for `https:` report URIs (443; tests use their own).
+    pub https_port: u16,
+    /// How long a report that could not be delivered is retried (RFC 8460: 24h).
+    #[serde(with = "humantime_serde")]
+    pub retry_for: Duration,
+}
+
+impl Default for TlsRptConfig {
+    fn default() -> Self {
+        TlsRptConfig {
+            enabled: true,
+            organization_name: String::new(),
+            contact: String::new(),
+            https_port: 443,
+            retry_for: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// A rule for one recipient domain, whatever the message's class.
@@ -239,15 +515,61 @@ pub struct MtaStsConfig {
     pub retry_after_failure: Duration,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClassConfig {
     /// The minimum transport level for messages of this class.
     pub level: Level,
     /// The TLS profile for outbound sessions (`bsi`, `modern`, `compat`). Not set:
     /// `compat` for level `may`, `modern` above. `compat` only for `may` (B7).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_profile: Option<Profile>,
+    /// How long a message whose level cannot be met is retried before `action`
+    /// (A4). None: until the queue lifetime ends.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub grace: Option<Duration>,
+    /// What happens when the grace period is over.
+    pub action: LevelAction,
+}
+
+/// A `[class.X]` table as written: every key optional, the rest from the class's
+/// built-in defaults (so `[class.high] grace = "2h"` keeps level `verified`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClassTable {
+    level: Option<Level>,
+    tls_profile: Option<Profile>,
+    #[serde(default, with = "humantime_serde")]
+    grace: Option<Duration>,
+    action: Option<LevelAction>,
+}
+
+fn deserialize_classes<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<RiskClass, ClassConfig>, D::Error> {
+    let tables = BTreeMap::<RiskClass, ClassTable>::deserialize(d)?;
+    let mut out = default_classes();
+    for (class, t) in tables {
+        let mut c = class.default_config();
+        if let Some(level) = t.level {
+            c.level = level;
+        }
+        c.tls_profile = t.tls_profile;
+        if t.grace.is_some() {
+            c.grace = t.grace.filter(|g| !g.is_zero());
+        }
+        if let Some(a) = t.action {
+            c.action = a;
+        }
+        out.insert(class, c);
+    }
+    Ok(out)
+}
+
+fn default_classes() -> BTreeMap<RiskClass, ClassConfig> {
+    RiskClass::ALL
+        .into_iter()
+        .map(|c| (c, c.default_config()))
+        .collect()
 }
 
 mod humantime_serde_vec {
@@ -344,14 +666,6 @@ impl Default for LogConfig {
 
 impl Default for Config {
     fn default() -> Self {
-        let mut class = BTreeMap::new();
-        class.insert(
-            "normal".to_string(),
-            ClassConfig {
-                level: Level::Encrypted,
-                tls_profile: None,
-            },
-        );
         Config {
             smtp: SmtpConfig::default(),
             spool: SpoolConfig::default(),
@@ -361,8 +675,12 @@ impl Default for Config {
             control: ControlConfig::default(),
             log: LogConfig::default(),
             mta_sts: MtaStsConfig::default(),
-            class,
+            class: default_classes(),
+            classify: ClassifyConfig::default(),
             destination: Vec::new(),
+            exception: Vec::new(),
+            evidence: EvidenceConfig::default(),
+            tls_rpt: TlsRptConfig::default(),
         }
     }
 }
@@ -379,16 +697,10 @@ impl Config {
 
     /// Parse and validate configuration text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        // A class table given in the file adds to the built-in classes rather than
-        // replacing them, so `normal` always exists.
-        cfg.class.entry("normal".into()).or_insert(ClassConfig {
-            level: Level::Encrypted,
-            tls_profile: None,
-        });
         cfg.validate(path)?;
         Ok(cfg)
     }
@@ -474,6 +786,22 @@ impl Config {
             ));
         }
         for (name, class) in &self.class {
+            if class.level < Level::Encrypted && *name > RiskClass::None {
+                return Err(bad(
+                    &format!("class.{name}.level"),
+                    &format!(
+                        "class {name} needs at least level encrypted (standards.md A2: personal data is never sent in plaintext)"
+                    ),
+                ));
+            }
+            if class.level < Level::Verified && *name >= RiskClass::High {
+                return Err(bad(
+                    &format!("class.{name}.level"),
+                    &format!(
+                        "class {name} needs level verified (standards.md A3: qualified transport encryption)"
+                    ),
+                ));
+            }
             if let Some(profile) = class.tls_profile {
                 if !profile.allowed_for(class.level) {
                     return Err(bad(
@@ -499,6 +827,50 @@ impl Config {
             if !seen.insert(domain.to_ascii_lowercase()) {
                 return Err(bad(&key, &format!("{domain} is listed twice")));
             }
+        }
+        for (tag, _) in &self.classify.subject_tags {
+            if tag.trim().is_empty() {
+                return Err(bad("classify.subject_tags", "a tag must not be empty"));
+            }
+        }
+        for (domain, _) in &self.classify.recipient_domains {
+            if domain.contains('@') || domain.trim().is_empty() {
+                return Err(bad(
+                    "classify.recipient_domains",
+                    &format!("{domain:?} is not a domain name"),
+                ));
+            }
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for (i, e) in self.exception.iter().enumerate() {
+            let key = |k: &str| format!("exception[{i}].{k}");
+            if e.id.trim().is_empty() {
+                return Err(bad(&key("id"), "must not be empty"));
+            }
+            if !ids.insert(e.id.clone()) {
+                return Err(bad(&key("id"), &format!("{} is used twice", e.id)));
+            }
+            if e.domain.is_some() == e.address.is_some() {
+                return Err(bad(&key("domain"), "give exactly one of domain or address"));
+            }
+            if e.address.as_deref().is_some_and(|a| !a.contains('@')) {
+                return Err(bad(&key("address"), "must be an address user@domain"));
+            }
+            if e.reason.trim().is_empty() {
+                return Err(bad(&key("reason"), "an exception needs a reason (A4)"));
+            }
+            if e.approver.trim().is_empty() {
+                return Err(bad(&key("approver"), "an exception needs an approver (A4)"));
+            }
+            if e.expires <= e.created {
+                return Err(bad(&key("expires"), "must be after created"));
+            }
+        }
+        if self.evidence.sign_interval.is_zero() {
+            return Err(bad("evidence.sign_interval", "must be > 0"));
+        }
+        if self.tls_rpt.https_port == 0 {
+            return Err(bad("tls_rpt.https_port", "must not be 0"));
         }
         if let Some(ca) = &self.tls.ca_file {
             if !ca.exists() {
@@ -538,21 +910,18 @@ impl Config {
             .unwrap_or_else(|| self.spool.dir.join("control.sock"))
     }
 
+    /// The settings of a class (its table, or the built-in defaults).
+    pub fn class_config(&self, class: RiskClass) -> ClassConfig {
+        self.class
+            .get(&class)
+            .cloned()
+            .unwrap_or_else(|| class.default_config())
+    }
+
     /// The TLS profile of a class: its `tls_profile`, else the default for its level.
-    /// Unknown classes get the strictest profile any class uses (never silently
-    /// weaker), like [`Config::class_level`].
-    pub fn class_tls_profile(&self, class: &str) -> Profile {
-        let of = |c: &ClassConfig| c.tls_profile.unwrap_or(Profile::default_for(c.level));
-        match self.class.get(class) {
-            Some(c) => of(c),
-            None => self
-                .class
-                .values()
-                .map(of)
-                .max()
-                .unwrap_or(Profile::Modern)
-                .max(Profile::default_for(self.class_level(class))),
-        }
+    pub fn class_tls_profile(&self, class: RiskClass) -> Profile {
+        let c = self.class_config(class);
+        c.tls_profile.unwrap_or(Profile::default_for(c.level))
     }
 
     /// The `[[destination]]` rule for a recipient domain, if any (case-insensitive,
@@ -569,18 +938,21 @@ impl Config {
         self.destination(domain).is_some_and(|d| d.dane_only)
     }
 
-    /// The level a class demands; unknown classes get the strictest configured one
-    /// (never silently weaker).
-    pub fn class_level(&self, class: &str) -> Level {
-        match self.class.get(class) {
-            Some(c) => c.level,
-            None => self
-                .class
-                .values()
-                .map(|c| c.level)
-                .max()
-                .unwrap_or(Level::Encrypted),
-        }
+    /// The level a class demands.
+    pub fn class_level(&self, class: RiskClass) -> Level {
+        self.class_config(class).level
+    }
+
+    /// The exceptions in force now that cover `address`, most recent first.
+    pub fn exception_for(
+        &self,
+        address: &str,
+        now: std::time::SystemTime,
+    ) -> Option<&ExceptionConfig> {
+        self.exception
+            .iter()
+            .filter(|e| e.in_force(now) && e.covers(address))
+            .max_by_key(|e| e.created)
     }
 }
 
@@ -598,7 +970,7 @@ mod tests {
         assert_eq!(cfg.delivery.retry_schedule, def.delivery.retry_schedule);
         assert_eq!(cfg.delivery.queue_lifetime, def.delivery.queue_lifetime);
         assert_eq!(cfg.smtp.max_message_size, def.smtp.max_message_size);
-        assert_eq!(cfg.class_level("normal"), Level::Encrypted);
+        assert_eq!(cfg.class_level(RiskClass::Normal), Level::Encrypted);
         assert_eq!(cfg.mta_sts.port, def.mta_sts.port);
         assert_eq!(cfg.mta_sts.fetch_timeout, def.mta_sts.fetch_timeout);
         assert_eq!(cfg.mta_sts.max_policy_size, def.mta_sts.max_policy_size);
@@ -637,11 +1009,11 @@ mod tests {
             Path::new("x"),
         )
         .unwrap();
-        assert_eq!(cfg.class_tls_profile("none"), Profile::Compat);
+        assert_eq!(cfg.class_tls_profile(RiskClass::None), Profile::Compat);
         // bsi and modern are fine at every level, including may.
         for p in ["bsi", "modern"] {
             for level in ["may", "encrypted", "trusted"] {
-                let text = format!("[class.x]\nlevel = \"{level}\"\ntls_profile = \"{p}\"\n");
+                let text = format!("[class.none]\nlevel = \"{level}\"\ntls_profile = \"{p}\"\n");
                 Config::parse(&text, Path::new("x")).unwrap();
             }
         }
@@ -650,22 +1022,22 @@ mod tests {
     #[test]
     fn tls_profiles_default_by_level_and_can_be_named() {
         let cfg = Config::parse("[class.none]\nlevel = \"may\"\n", Path::new("x")).unwrap();
-        assert_eq!(cfg.class_tls_profile("none"), Profile::Compat);
-        assert_eq!(cfg.class_tls_profile("normal"), Profile::Modern);
-        // Unknown classes: the strictest profile in use, never weaker than modern
-        // (their level is the strictest one, encrypted here).
-        assert_eq!(cfg.class_tls_profile("unknown"), Profile::Modern);
+        assert_eq!(cfg.class_tls_profile(RiskClass::None), Profile::Compat);
+        assert_eq!(cfg.class_tls_profile(RiskClass::Normal), Profile::Modern);
+        assert_eq!(cfg.class_tls_profile(RiskClass::High), Profile::Modern);
         let cfg = Config::parse(
             "[tls]\nbsi_min_rsa_bits = 2048\n[class.normal]\nlevel = \"trusted\"\ntls_profile = \"bsi\"\n",
             Path::new("x"),
         )
         .unwrap();
-        assert_eq!(cfg.class_tls_profile("normal"), Profile::Bsi);
-        assert_eq!(cfg.class_tls_profile("unknown"), Profile::Bsi);
+        assert_eq!(cfg.class_tls_profile(RiskClass::Normal), Profile::Bsi);
         assert_eq!(cfg.tls.bsi_min_rsa_bits, 2048);
         let example = Config::parse(EXAMPLE, Path::new("example.toml")).unwrap();
         assert_eq!(example.tls.bsi_min_rsa_bits, BSI_MIN_RSA_BITS);
-        assert_eq!(example.class_tls_profile("normal"), Profile::Modern);
+        assert_eq!(
+            example.class_tls_profile(RiskClass::Normal),
+            Profile::Modern
+        );
         assert!(EXAMPLE.contains("# tls_profile = \"bsi\""));
         let err = Config::parse("[tls]\nbsi_min_rsa_bits = 1024\n", Path::new("x")).unwrap_err();
         assert!(err.to_string().contains("tls.bsi_min_rsa_bits"), "{err}");
@@ -681,7 +1053,7 @@ mod tests {
     fn empty_file_is_the_default() {
         let cfg = Config::parse("", Path::new("x")).unwrap();
         assert_eq!(cfg.delivery.port, 25);
-        assert_eq!(cfg.class_level("normal"), Level::Encrypted);
+        assert_eq!(cfg.class_level(RiskClass::Normal), Level::Encrypted);
     }
 
     #[test]
@@ -716,8 +1088,8 @@ level = "trusted"
 "#;
         let cfg = Config::parse(text, Path::new("x")).unwrap();
         assert_eq!(cfg.dns.servers, vec!["127.0.10.54:53".parse().unwrap()]);
-        assert_eq!(cfg.class_level("normal"), Level::Trusted);
-        assert_eq!(cfg.class_level("unknown"), Level::Trusted);
+        assert_eq!(cfg.class_level(RiskClass::Normal), Level::Trusted);
+        assert_eq!(cfg.class_level(RiskClass::High), Level::Verified);
     }
 
     #[test]
@@ -734,7 +1106,7 @@ dane_only = true
 domain = "other.example"
 "#;
         let cfg = Config::parse(text, Path::new("t.toml")).expect("parses");
-        assert_eq!(cfg.class_level("normal"), Level::Verified);
+        assert_eq!(cfg.class_level(RiskClass::Normal), Level::Verified);
         assert!(Level::Verified > Level::Trusted);
         assert!(cfg.dane_only("partner.example"));
         assert!(cfg.dane_only("PARTNER.example."));

@@ -101,13 +101,14 @@ fn state(r: &Recipient) -> &'static str {
         RcptState::Pending => "pending",
         RcptState::Delivered => "delivered",
         RcptState::Failed => "failed",
+        RcptState::Held => "held",
     }
 }
 
 fn next(r: &Recipient, now: u64) -> String {
     match r.state {
         RcptState::Pending => until(r.next_attempt, now),
-        RcptState::Delivered | RcptState::Failed => "-".into(),
+        RcptState::Delivered | RcptState::Failed | RcptState::Held => "-".into(),
     }
 }
 
@@ -309,7 +310,7 @@ pub fn format_show(env: &Envelope, now: u64) -> String {
     );
     let _ = writeln!(out, "Sender:       {}", sender(env));
     let _ = writeln!(out, "Size:         {} ({} bytes)", size(env.size), env.size);
-    let _ = writeln!(out, "Class:        {}", safe(&env.class));
+    let _ = writeln!(out, "Class:        {}", env.class);
     let _ = writeln!(
         out,
         "Message-ID:   {}",
@@ -483,6 +484,8 @@ mod tests {
                     covered: true,
                 }),
             }),
+            problem: None,
+            requiretls: false,
         };
         let mut out = String::new();
         attempt(&mut out, &a, 160);

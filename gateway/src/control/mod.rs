@@ -138,6 +138,7 @@ pub fn count<'a>(envs: impl IntoIterator<Item = &'a Envelope>) -> QueueCounts {
                 RcptState::Pending => c.pending += 1,
                 RcptState::Delivered => c.delivered += 1,
                 RcptState::Failed => c.failed += 1,
+                RcptState::Held => c.held += 1,
             }
         }
     }

@@ -86,6 +86,8 @@ pub struct QueueCounts {
     pub pending: u64,
     pub delivered: u64,
     pub failed: u64,
+    /// Recipients held because their level could not be met (class action `hold`).
+    pub held: u64,
 }
 
 /// The last DNSSEC probe of the daemon (see [`crate::dns::DnssecHealth`]).

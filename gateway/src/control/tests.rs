@@ -45,6 +45,8 @@ fn envelope(id: &str) -> Envelope {
             "x".repeat(100)
         ),
         auth: None,
+        problem: None,
+        requiretls: false,
     });
     let mut delivered = Recipient::new("carol@example.net".into(), None, None, NOW);
     delivered.state = RcptState::Delivered;
@@ -57,6 +59,8 @@ fn envelope(id: &str) -> Envelope {
         verdict: Some(TransportVerdict::Plaintext),
         reply: "250 2.0.0 Ok: queued".into(),
         auth: None,
+        problem: None,
+        requiretls: false,
     });
     Envelope {
         record_version: RECORD_VERSION,
@@ -69,7 +73,10 @@ fn envelope(id: &str) -> Envelope {
         smtputf8: false,
         requiretls: false,
         size: 2048,
-        class: "normal".into(),
+        class: crate::config::RiskClass::Normal,
+        class_reasons: Vec::new(),
+        tls_optional: false,
+        expires_at: None,
         client: ClientInfo {
             addr: "192.168.1.10".into(),
             helo: "exchange.lan".into(),
@@ -561,6 +568,7 @@ fn status_format_names_the_dnssec_problem_and_the_upstreams() {
             messages: 3,
             pending: 4,
             delivered: 2,
+            held: 0,
             failed: 1,
         },
         dnssec: DnssecReport {

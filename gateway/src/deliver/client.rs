@@ -1710,6 +1710,8 @@ fn attempt_record(
         verdict,
         reply,
         auth,
+        problem: None,
+        requiretls: false,
     }
 }
 

@@ -37,7 +37,8 @@ use crate::config::Config;
 use crate::control::ControlHandler;
 use crate::deliver::{DeliveryReport, DeliveryRequest, RcptOutcome, RcptRequest, Transport};
 use crate::spool::record::{
-    now_secs, Attempt, ClientInfo, Envelope, Notify, QueueId, RcptState, Recipient, RECORD_VERSION,
+    now_secs, Attempt, ClientInfo, Envelope, Notify, QueueId, RcptState, Recipient, RiskClass,
+    RECORD_VERSION,
 };
 use crate::spool::{Incoming, Spool, SpoolError};
 
@@ -339,8 +340,8 @@ impl Queue {
                     smtputf8: env.smtputf8,
                     ret: env.ret,
                     envid: env.envid.clone(),
-                    level: cfg.class_level(&env.class),
-                    tls_profile: cfg.class_tls_profile(&env.class),
+                    level: cfg.class_level(env.class),
+                    tls_profile: cfg.class_tls_profile(env.class),
                     // The spool file is opened when the attempt starts.
                     content: Arc::new(Vec::new()),
                 };
@@ -720,6 +721,8 @@ fn local_deferral(job: &Job, reason: String) -> DeliveryReport {
             verdict: None,
             reply: reason,
             auth: None,
+            problem: None,
+            requiretls: false,
         },
     }
 }
@@ -768,7 +771,10 @@ fn notice_envelope(dsn: &Dsn, hostname: &str) -> Envelope {
         smtputf8: dsn.smtputf8,
         requiretls: false,
         size: dsn.content.len() as u64,
-        class: "normal".into(),
+        class: RiskClass::Normal,
+        class_reasons: vec!["delivery status notification".into()],
+        tls_optional: false,
+        expires_at: None,
         client: ClientInfo {
             addr: "local".into(),
             helo: hostname.into(),

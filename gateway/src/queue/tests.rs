@@ -20,7 +20,10 @@ fn env_for(sender: &str, rcpts: &[&str], received_at: u64) -> Envelope {
         smtputf8: false,
         requiretls: false,
         size: 0,
-        class: "normal".into(),
+        class: crate::config::RiskClass::Normal,
+        class_reasons: Vec::new(),
+        tls_optional: false,
+        expires_at: None,
         client: ClientInfo::default(),
         message_id: Some("<m1@lan.test>".into()),
         recipients: rcpts
@@ -49,6 +52,8 @@ fn attempt(reply: &str) -> Attempt {
         verdict: None,
         reply: reply.into(),
         auth: None,
+        problem: None,
+        requiretls: false,
     }
 }
 

@@ -17,7 +17,8 @@ use super::Shared;
 use crate::config::SmtpConfig;
 use crate::queue::{IncomingMessage, SubmitError};
 use crate::spool::record::{
-    now_secs, BodyType, ClientInfo, Envelope, Notify, QueueId, Recipient, Ret, RECORD_VERSION,
+    now_secs, BodyType, ClientInfo, Envelope, Notify, QueueId, Recipient, Ret, RiskClass,
+    RECORD_VERSION,
 };
 
 /// What the session loop wants next.
@@ -735,7 +736,10 @@ impl Session {
             smtputf8: tx.smtputf8,
             requiretls: tx.requiretls,
             size: msg.len(),
-            class: "normal".into(),
+            class: RiskClass::Normal,
+            class_reasons: Vec::new(),
+            tls_optional: false,
+            expires_at: None,
             client: ClientInfo {
                 addr: self.ip.to_string(),
                 helo: self.helo.clone().unwrap_or_default(),

@@ -400,7 +400,7 @@ async fn received_and_message_id_are_added_and_content_kept() {
     );
     assert_eq!(env.message_id.as_deref(), Some(msgid.as_str()));
     assert_eq!(env.size, content.len() as u64);
-    assert_eq!(env.class, "normal");
+    assert_eq!(env.class, crate::config::RiskClass::Normal);
     assert_eq!(env.client.addr, "192.0.2.10");
     assert_eq!(env.client.helo, "mail.lan.example");
     assert_eq!(env.client.tls, None);

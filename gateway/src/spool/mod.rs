@@ -623,7 +623,10 @@ mod tests {
             smtputf8: false,
             requiretls: false,
             size: 10,
-            class: "normal".into(),
+            class: crate::config::RiskClass::Normal,
+            class_reasons: Vec::new(),
+            tls_optional: false,
+            expires_at: None,
             client: ClientInfo::default(),
             message_id: None,
             recipients: (0..n)

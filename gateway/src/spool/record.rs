@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+
+pub use crate::config::RiskClass;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Bumped whenever the layout of [`Envelope`] changes. postcard is not
@@ -15,7 +17,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// 3: [`TransportVerdict::Verified`]; [`Attempt`] gained `auth` ([`AuthFacts`]: the
 /// mechanism, DNSSEC status of the lookups, TLSA and MTA-STS facts). No version 2
 /// spool was deployed either; recovery quarantines records of other versions.
-pub const RECORD_VERSION: u16 = 3;
+/// 4: risk classes ([`Envelope::class`] a [`RiskClass`], `class_reasons`,
+/// `tls_required_no`, `expires_at`), [`RcptState::Held`], [`Attempt`] gained
+/// `problem` and `requiretls`. No version 3 spool was deployed.
+pub const RECORD_VERSION: u16 = 4;
 
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> u64 {
@@ -258,6 +263,73 @@ pub struct MtaStsFacts {
     pub covered: bool,
 }
 
+/// What kept a message from its level, in categories a sender can be told about
+/// in plain language ([`crate::bounce::notice`]) and TLS-RPT counts (RFC 8460
+/// section 4.3 result types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProblemKind {
+    /// The server does not offer STARTTLS.
+    StarttlsNotSupported,
+    /// The server's certificate is outside its validity period.
+    CertificateExpired,
+    /// The certificate chain does not lead to a trusted root.
+    CertificateNotTrusted,
+    /// The certificate does not name the server.
+    CertificateHostMismatch,
+    /// The DANE (TLSA) records do not match the server's certificate.
+    TlsaInvalid,
+    /// A DNS answer failed DNSSEC validation (forged or broken signatures).
+    DnssecInvalid,
+    /// The destination requires DANE, but the server has no usable TLSA records.
+    DaneRequired,
+    /// The MTA-STS policy could not be fetched / was invalid / its host's
+    /// certificate failed.
+    StsPolicyFetchError,
+    StsPolicyInvalid,
+    StsWebpkiInvalid,
+    /// The MTA-STS enforce policy does not list the MX host.
+    StsMxNotListed,
+    /// The server could not be authenticated against DNS forgery (no DANE, no
+    /// MTA-STS, no DNSSEC): level `verified` not reachable.
+    NotAuthenticated,
+    /// The TLS parameters or the server key fall outside the TLS profile.
+    TlsProfile,
+    /// The handshake failed otherwise (bad signature, protocol error).
+    HandshakeFailed,
+    /// The message was sent with REQUIRETLS and the server does not support it.
+    RequireTlsNotSupported,
+}
+
+impl ProblemKind {
+    /// The RFC 8460 result type, for problems that are TLS policy failures.
+    pub fn rpt_result_type(self) -> Option<&'static str> {
+        Some(match self {
+            ProblemKind::StarttlsNotSupported => "starttls-not-supported",
+            ProblemKind::CertificateExpired => "certificate-expired",
+            ProblemKind::CertificateNotTrusted => "certificate-not-trusted",
+            ProblemKind::CertificateHostMismatch => "certificate-host-mismatch",
+            ProblemKind::TlsaInvalid => "tlsa-invalid",
+            ProblemKind::DnssecInvalid => "dnssec-invalid",
+            ProblemKind::DaneRequired => "dane-required",
+            ProblemKind::StsPolicyFetchError => "sts-policy-fetch-error",
+            ProblemKind::StsPolicyInvalid => "sts-policy-invalid",
+            ProblemKind::StsWebpkiInvalid => "sts-webpki-invalid",
+            ProblemKind::StsMxNotListed => "validation-failure",
+            ProblemKind::TlsProfile | ProblemKind::HandshakeFailed => "validation-failure",
+            ProblemKind::NotAuthenticated | ProblemKind::RequireTlsNotSupported => return None,
+        })
+    }
+}
+
+/// The problem of an attempt: its kind, our technical reason (English), and for
+/// an expired certificate the end of its validity (Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    pub kind: ProblemKind,
+    pub detail: String,
+    pub date: Option<u64>,
+}
+
 /// One delivery attempt that reached a server (or failed trying).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
@@ -272,6 +344,11 @@ pub struct Attempt {
     /// How the host was authenticated and the facts behind it; `None` when no host
     /// was chosen (DNS failure before any host).
     pub auth: Option<AuthFacts>,
+    /// Why the host could not carry the message at its level, when that was the
+    /// reason it was not used.
+    pub problem: Option<Problem>,
+    /// REQUIRETLS was passed on to the server in MAIL FROM (RFC 8689 section 4.2.1).
+    pub requiretls: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -282,6 +359,9 @@ pub enum RcptState {
     Delivered,
     /// Permanently failed (5xx, null MX, expired); a failure DSN is due.
     Failed,
+    /// Its level could not be met within the class's grace period and the class
+    /// says `hold`: not retried until an admin releases (or deletes) it.
+    Held,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -353,8 +433,18 @@ pub struct Envelope {
     pub requiretls: bool,
     /// Size of the stored content in bytes.
     pub size: u64,
-    /// Risk class (every message is "normal" until classes arrive).
-    pub class: String,
+    /// The risk class (standards.md A1), decided when the message was accepted.
+    pub class: RiskClass,
+    /// Why it has that class, one reason per source that applied, e.g.
+    /// "subject tag [vertraulich]" (recorded in the evidence).
+    pub class_reasons: Vec<String>,
+    /// The sender asked with `TLS-Required: No` to deliver even without TLS and an
+    /// admin rule allows it (RFC 8689 section 5, G3); also set for TLS-RPT report
+    /// mails, which must not enforce DANE or MTA-STS (RFC 8460 section 3).
+    pub tls_optional: bool,
+    /// Give up delivering at this time (Unix seconds) instead of after the queue
+    /// lifetime (TLS-RPT reports: 24 hours).
+    pub expires_at: Option<u64>,
     pub client: ClientInfo,
     pub message_id: Option<String>,
     pub recipients: Vec<Recipient>,
@@ -364,9 +454,9 @@ impl Envelope {
     /// True when every recipient reached a final state and its notice is done:
     /// the message can leave the spool.
     pub fn is_finished(&self) -> bool {
-        self.recipients
-            .iter()
-            .all(|r| r.state != RcptState::Pending && r.final_notice_done)
+        self.recipients.iter().all(|r| {
+            !matches!(r.state, RcptState::Pending | RcptState::Held) && r.final_notice_done
+        })
     }
 
     /// The earliest next attempt among pending recipients.
