@@ -828,12 +828,12 @@ impl Config {
                 return Err(bad(&key, &format!("{domain} is listed twice")));
             }
         }
-        for (tag, _) in &self.classify.subject_tags {
+        for tag in self.classify.subject_tags.keys() {
             if tag.trim().is_empty() {
                 return Err(bad("classify.subject_tags", "a tag must not be empty"));
             }
         }
-        for (domain, _) in &self.classify.recipient_domains {
+        for domain in self.classify.recipient_domains.keys() {
             if domain.contains('@') || domain.trim().is_empty() {
                 return Err(bad(
                     "classify.recipient_domains",
