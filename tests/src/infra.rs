@@ -77,6 +77,23 @@ pub const STS_POLICY_HOSTS: &[(&str, &str, &str, bool)] = &[
     ),
 ];
 
+/// The REQUIRETLS test peer (a small SMTP server of the tests, `tests/src/peer.rs`,
+/// which advertises REQUIRETLS after STARTTLS): `mx-requiretls.example.test`, MX of
+/// `requiretls.example.test` (DNSSEC-signed, test-CA certificate `mx-requiretls`).
+pub const REQUIRETLS_PEER_IP: &str = "127.0.20.20";
+
+/// The TLS-RPT HTTPS report endpoint of the tests (`tlsrpt.example.test`, test-CA
+/// certificate `tlsrpt`), served by the test itself.
+pub const TLSRPT_HTTPS_IP: &str = "127.0.20.51";
+
+/// Domains that publish a TLS-RPT policy (`_smtp._tls` TXT): (domain, rua).
+/// `rpt-mail.example.test` (MX mx-ca) reports by mail to a mailbox on mx-ca;
+/// `rpt-https.example.test` (MX mx-ca) reports to the HTTPS endpoint.
+pub const TLSRPT_DOMAINS: &[(&str, &str)] = &[
+    ("rpt-mail", "mailto:tlsrpt@ca.example.test"),
+    ("rpt-https", "https://tlsrpt.example.test/report"),
+];
+
 /// Benchmark sink (`smtp-sink`, plaintext), MX of `bench.example.test`.
 pub const BENCH_SINK_IP: &str = "127.0.40.1";
 /// Benchmark TLS sink (a Postfix smtpd with STARTTLS proxying to the plaintext
@@ -88,11 +105,15 @@ pub const BENCH_DOWN_IP: &str = "127.0.40.9";
 /// Bump when anything generated below changes: a running infrastructure with
 /// another generation is torn down and rebuilt.
 const GENERATION: &str =
-    "qrelay-test-infra v4 (DANE, MTA-STS and TLS scenario MXes, nginx policy host)";
+    "qrelay-test-infra v5 (DANE, MTA-STS and TLS scenario MXes, nginx policy host, REQUIRETLS peer and TLS-RPT records)";
 
 /// Domains every receiving MX accepts mail for.
 pub const MAIL_DOMAINS: &[&str] = &[
     "ca.example.test",
+    "rpt-mail.example.test",
+    "rpt-https.example.test",
+    "rpt-dane.example.test",
+    "norequiretls.example.test",
     "self.example.test",
     "plain.example.test",
     "backup.example.test",
@@ -636,6 +657,20 @@ impl Infra {
             .collect();
         let good: Vec<&str> = good.iter().map(String::as_str).collect();
         make_leaf(&dir, "mta-sts", good[0], &good, TlsMode::CaSigned)?;
+        make_leaf(
+            &dir,
+            "mx-requiretls",
+            "mx-requiretls.example.test",
+            &["mx-requiretls.example.test"],
+            TlsMode::CaSigned,
+        )?;
+        make_leaf(
+            &dir,
+            "tlsrpt",
+            "tlsrpt.example.test",
+            &["tlsrpt.example.test"],
+            TlsMode::CaSigned,
+        )?;
         make_leaf(
             &dir,
             "mta-sts-wrong",
@@ -1412,11 +1447,27 @@ pub fn test_zones() -> Vec<Zone> {
             "two-mx MX 20 mx-dane-ee",
             "sts-dane MX 10 mx-dane-ee",
             "sts-testing MX 10 mx-self",
+            // REQUIRETLS (issue 4): the test peer advertises it; mx-ca (Postfix) not.
+            &format!("mx-requiretls A {REQUIRETLS_PEER_IP}"),
+            "requiretls MX 10 mx-requiretls",
+            "norequiretls MX 10 mx-ca",
+            // TLS-RPT (issue 4).
+            &format!("tlsrpt A {TLSRPT_HTTPS_IP}"),
+            "rpt-mail MX 10 mx-ca",
+            "rpt-https MX 10 mx-ca",
+            "rpt-dane MX 10 mx-dane-ee",
         ]
         .iter()
         .map(|s| s.to_string()),
     );
     example.extend(dane_records());
+    for (domain, rua) in TLSRPT_DOMAINS {
+        example.push(format!("_smtp._tls.{domain} TXT \"v=TLSRPTv1; rua={rua}\""));
+    }
+    // A DANE domain with a TLS-RPT policy (policy-type tlsa), reporting by mail.
+    example.push(
+        "_smtp._tls.rpt-dane TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@ca.example.test\"".into(),
+    );
     let lan = ["@ MX 10 mx", "mx A 127.0.20.4", "mail A 127.0.30.1"]
         .iter()
         .map(|s| s.to_string())
