@@ -106,6 +106,9 @@ pub trait ControlHandler: Send + Sync + 'static {
     fn retry(&self, id: Option<&QueueId>) -> usize;
     /// Remove a message; `Ok(false)` when there is no such message.
     fn delete(&self, id: &QueueId) -> Result<bool, String>;
+    /// Make a message's held recipients pending and due now; returns how many
+    /// were released (`None`: no such message).
+    fn release(&self, id: &QueueId) -> Option<usize>;
     /// Messages and recipients by state.
     fn counts(&self) -> QueueCounts {
         count(&self.list())
@@ -390,6 +393,16 @@ async fn execute(command: Command, handler: Arc<dyn ControlHandler>) -> Response
                 },
             },
             Command::Status => Response::Status(handler.status()),
+            Command::Release(id) => match parse(&id) {
+                Err(e) => Response::Error(e.to_string()),
+                Ok(id) => match handler.release(&id) {
+                    None => Response::Error(format!("no message {id} in the queue")),
+                    Some(0) => Response::Error(format!("message {id} has no held recipients")),
+                    Some(n) => Response::Done(format!(
+                        "message {id}: {n} held recipient(s) released for immediate delivery"
+                    )),
+                },
+            },
             Command::Delete(id) => match parse(&id) {
                 Err(e) => Response::Error(e.to_string()),
                 Ok(id) => match handler.delete(&id) {
@@ -495,5 +508,6 @@ fn check_ids(command: Command) -> Result<Command, ControlError> {
         Command::Retry(s) if s.trim().eq_ignore_ascii_case("all") => Command::Retry("all".into()),
         Command::Retry(s) => Command::Retry(id(s)?),
         Command::Delete(s) => Command::Delete(id(s)?),
+        Command::Release(s) => Command::Release(id(s)?),
     })
 }

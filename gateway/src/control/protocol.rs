@@ -16,7 +16,9 @@ use crate::spool::record::Envelope;
 /// 3: attempts carry the verdict `verified` and their authentication facts
 /// (mechanism, DNSSEC status, TLSA, MTA-STS; spool record version 3).
 /// 4: [`Command::Status`] and [`Response::Status`].
-pub const PROTOCOL_VERSION: u16 = 4;
+/// 5: risk classes in the envelope (spool record version 4), [`Command::Release`],
+/// held recipients in [`QueueCounts`].
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The largest frame either side accepts (the payload, without the length prefix).
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -50,6 +52,8 @@ pub enum Command {
     Delete(String),
     /// The relay's version, uptime, queue counts and DNSSEC health.
     Status,
+    /// Release a message's held recipients (class action `hold`): try them again now.
+    Release(String),
 }
 
 // A response lives only between decoding and printing; boxing the envelope would

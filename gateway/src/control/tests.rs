@@ -118,6 +118,12 @@ impl ControlHandler for TestHandler {
             Some(id) => envs.iter().filter(|e| &e.id == id).count(),
         }
     }
+    fn release(&self, id: &QueueId) -> Option<usize> {
+        let envs = self.envs.lock().expect("lock");
+        envs.iter()
+            .find(|e| &e.id == id)
+            .map(|e| e.recipients.iter().filter(|r| r.state == RcptState::Held).count())
+    }
     fn delete(&self, id: &QueueId) -> Result<bool, String> {
         if id.as_str() == "FFFFFFFFFFFFFFFF" {
             return Err("disk on fire".into());

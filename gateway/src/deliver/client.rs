@@ -82,8 +82,8 @@ use crate::dns::{DnsSetupError, MxResult, Resolver, Security};
 use crate::mtasts::{self, MtaSts, MxCheck, PolicyLookup};
 use crate::policy::{self, Action, Decision, Established, HostFacts, Inputs, Plan, TlsOutcome};
 use crate::spool::record::{
-    now_secs, Attempt, AuthFacts, BodyType, Mechanism, MtaStsFacts, Ret, TlsFacts, TlsaFacts,
-    TransportVerdict,
+    now_secs, Attempt, AuthFacts, BodyType, Mechanism, MtaStsFacts, Problem, ProblemKind, Ret,
+    TlsFacts, TlsaFacts, TransportVerdict,
 };
 use crate::tls::client::{session_facts, ClientTls, TlsFailure, TlsSetupError};
 use crate::tls::profile::Profile;
@@ -368,6 +368,22 @@ impl Deliverer {
                 return report;
             }
         };
+        if req.tls_optional {
+            // RFC 8689 section 5 / RFC 8460 section 3: the recipient's DANE and
+            // MTA-STS policies are not applied (TLS is still used when offered).
+            tracing::info!(queue_id = %req.id, domain = %req.domain, "TLS-Required: No: DANE and MTA-STS not applied");
+            let no_tlsa = HashMap::new();
+            let report = self
+                .deliver_route(
+                    &req,
+                    &route,
+                    &PolicyLookup::None,
+                    TlsaSource::Fixed(&no_tlsa),
+                )
+                .await;
+            log_attempt(&req, &report);
+            return report;
+        }
         let sts = self.mta_sts_policy(&req).await;
         let report = self
             .deliver_route(&req, &route, &sts, TlsaSource::Dns(&self.resolver))
@@ -527,28 +543,40 @@ impl Deliverer {
         sts: &PolicyLookup,
         tlsa: TlsaSource<'_>,
     ) -> DeliveryReport {
-        let dane_only = self.config.dane_only(&req.domain);
+        let dane_only = self.config.dane_only(&req.domain) && !req.tls_optional;
         let mut last: Option<HostFailure> = None;
         for host in &route.hosts {
             let prep = prepare_host(host, route.mx_security, sts, tlsa).await;
             let facts = prep.facts(&req.domain, host, route.mx_security, req.level, dane_only);
             let auth = prep.auth.clone();
-            let use_dane = match policy::plan(&facts) {
+            let plan = policy::plan(&facts);
+            let problem = |reason: &str| {
+                policy::problem::of_plan(&facts, &plan).map(|kind| Problem {
+                    kind,
+                    detail: reason.to_string(),
+                    date: None,
+                })
+            };
+            let use_dane = match &plan {
                 Plan::DeferDomain { status, reason } => {
                     tracing::warn!(queue_id = %req.id, mx = %host.mx, status, "domain deferred: {reason}");
-                    let attempt =
+                    let mut attempt =
                         attempt_record(&host.mx, "", None, None, reason.clone(), Some(auth));
-                    return all_same(req, false, status, &reason, attempt);
+                    attempt.problem = problem(reason);
+                    return all_same(req, false, status, reason, attempt);
                 }
                 Plan::SkipHost { status, reason } => {
                     tracing::info!(queue_id = %req.id, mx = %host.mx, status, "host not used: {reason}");
+                    let mut attempt =
+                        attempt_record(&host.mx, "", None, None, reason.clone(), Some(auth));
+                    attempt.problem = problem(reason);
                     last = Some(HostFailure {
                         status: status.to_string(),
-                        attempt: attempt_record(&host.mx, "", None, None, reason, Some(auth)),
+                        attempt,
                     });
                     continue;
                 }
-                Plan::Connect { dane } => dane,
+                Plan::Connect { dane } => *dane,
             };
             let ctx = prep.ctx(facts, use_dane);
             for ip in &host.addrs {
@@ -578,7 +606,10 @@ impl Deliverer {
         match last {
             Some(f) => {
                 let reason = f.attempt.reply.clone();
-                all_same(req, false, &f.status, &reason, f.attempt)
+                // Only a REQUIRETLS refusal (5.7.30) is permanent here: the other
+                // host failures may heal, and the class's grace period decides.
+                let permanent = f.status.starts_with('5') && req.requiretls;
+                all_same(req, permanent, &f.status, &reason, f.attempt)
             }
             None => {
                 let reason = format!("no host to deliver to for {}", req.domain);
@@ -686,16 +717,63 @@ impl Deliverer {
             Err(end) => return end,
         };
         let mx = ctx.facts.host;
-        let end = self.transaction(&mut conn, req, &caps, mx, ip).await;
+        // G2: a REQUIRETLS message goes only to a host whose MX set is DNSSEC- or
+        // MTA-STS-validated, whose certificate is verified, and which advertises
+        // REQUIRETLS. Anything else is not tried further for this host (5.7.30).
+        if req.requiretls {
+            if let Some(kind) = requiretls_refusal(ctx, verdict, &auth, caps.requiretls) {
+                conn.quit().await;
+                let reason = match kind {
+                    ProblemKind::RequireTlsNotSupported => format!(
+                        "{mx}[{ip}] does not support REQUIRETLS, which the sender requested (RFC 8689)"
+                    ),
+                    _ => format!(
+                        "{mx}[{ip}] is not authenticated the way REQUIRETLS demands (a DNSSEC- or MTA-STS-validated MX and a verified certificate; here: {}; {})",
+                        verdict.map(|v| v.as_str()).unwrap_or("no TLS"),
+                        auth.basis
+                    ),
+                };
+                let mut attempt = attempt_record(
+                    mx,
+                    &ip.to_string(),
+                    facts,
+                    verdict,
+                    reason.clone(),
+                    Some(auth),
+                );
+                attempt.problem = Some(Problem {
+                    kind,
+                    detail: reason,
+                    date: None,
+                });
+                return SessionEnd::NextHost(HostFailure {
+                    status: "5.7.30".into(),
+                    attempt,
+                });
+            }
+        }
+        let extras = Extras {
+            transport_header: self
+                .config
+                .evidence
+                .transport_header
+                .then(|| transport_header(verdict, &auth, facts.as_ref(), mx)),
+            subject_mark: (verdict == Some(TransportVerdict::Verified)
+                && !self.config.evidence.subject_mark.is_empty())
+            .then(|| self.config.evidence.subject_mark.clone()),
+        };
+        let end = self
+            .transaction(&mut conn, req, &caps, mx, ip, &extras)
+            .await;
         if end.clean {
             conn.quit().await;
         } else {
             conn.abort().await;
         }
-        SessionEnd::Done(
-            end.outcomes,
-            attempt_record(mx, &ip.to_string(), facts, verdict, end.reply, Some(auth)),
-        )
+        let mut attempt =
+            attempt_record(mx, &ip.to_string(), facts, verdict, end.reply, Some(auth));
+        attempt.requiretls = req.requiretls;
+        SessionEnd::Done(end.outcomes, attempt)
     }
 
     /// One address of one host, up to the point where mail would be sent: connect,
@@ -826,36 +904,40 @@ impl Deliverer {
                             tls: TlsOutcome::Failed(f.clone()),
                         };
                         let decision = policy::decide(&inputs);
+                        let problem = problem_of(&inputs, &decision, &seen.chain);
                         seen.outcome = Some(inputs.tls);
                         seen.decision = Some(decision.clone());
                         let auth = evidence(ctx, &decision, None);
-                        return Err(match decision.action {
-                            Action::RetryPlaintext { reason } => SessionEnd::RetryPlaintext(
-                                HostFailure {
-                                    status: "4.7.5".into(),
-                                    attempt: attempt_record(
-                                        mx,
-                                        &ip_s,
-                                        None,
-                                        None,
-                                        reason,
-                                        Some(auth),
-                                    ),
-                                },
-                                f,
-                            ),
-                            Action::SkipHost { status, reason }
-                            | Action::DeferDomain { status, reason } => {
-                                fail(status, reason, None, None, auth)
-                            }
-                            Action::Send => fail(
-                                "4.7.5",
-                                format!("{mx}[{ip}]: TLS failed: {f}"),
-                                None,
-                                None,
-                                auth,
-                            ),
-                        });
+                        return Err(with_problem(
+                            problem,
+                            match decision.action {
+                                Action::RetryPlaintext { reason } => SessionEnd::RetryPlaintext(
+                                    HostFailure {
+                                        status: "4.7.5".into(),
+                                        attempt: attempt_record(
+                                            mx,
+                                            &ip_s,
+                                            None,
+                                            None,
+                                            reason,
+                                            Some(auth),
+                                        ),
+                                    },
+                                    f,
+                                ),
+                                Action::SkipHost { status, reason }
+                                | Action::DeferDomain { status, reason } => {
+                                    fail(status, reason, None, None, auth)
+                                }
+                                Action::Send => fail(
+                                    "4.7.5",
+                                    format!("{mx}[{ip}]: TLS failed: {f}"),
+                                    None,
+                                    None,
+                                    auth,
+                                ),
+                            },
+                        ));
                     }
                 }
             }
@@ -873,6 +955,7 @@ impl Deliverer {
             tls: tls_outcome,
         };
         let decision = policy::decide(&inputs);
+        let problem = problem_of(&inputs, &decision, &seen.chain);
         seen.outcome = Some(inputs.tls);
         seen.decision = Some(decision.clone());
         seen.tls = facts.clone();
@@ -884,7 +967,10 @@ impl Deliverer {
             Action::Send => decision.verdict,
             Action::SkipHost { status, reason } | Action::DeferDomain { status, reason } => {
                 conn.quit().await;
-                return Err(fail(status, reason, facts, decision.verdict, auth));
+                return Err(with_problem(
+                    problem,
+                    fail(status, reason, facts, decision.verdict, auth),
+                ));
             }
             Action::RetryPlaintext { reason } => {
                 conn.quit().await;
@@ -1104,6 +1190,7 @@ impl Deliverer {
         caps: &Capabilities,
         mx: &str,
         ip: IpAddr,
+        extras: &Extras,
     ) -> TxEnd {
         let cmd = self.config.delivery.command_timeout;
         let n = req.recipients.len();
@@ -1144,7 +1231,7 @@ impl Deliverer {
             );
         }
 
-        let mail = mail_from_line(req, caps);
+        let mail = mail_from_line(req, caps, extras.added_bytes());
         let rcpts: Vec<String> = req
             .recipients
             .iter()
@@ -1255,7 +1342,7 @@ impl Deliverer {
         if data_reply.code != 354 {
             return finish(results, &data_reply, caps);
         }
-        if let Err(e) = send_content(conn, &req.content, cmd).await {
+        if let Err(e) = send_content(conn, &req.content, extras, cmd).await {
             let (status, why) = match &e {
                 DataError::Local(_) => {
                     tracing::error!(queue_id = %req.id, error = %e, "cannot read message content");
@@ -1343,6 +1430,7 @@ fn finish(results: Vec<Option<RcptOutcome>>, reply: &Reply, caps: &Capabilities)
 async fn send_content(
     conn: &mut Conn,
     content: &Arc<dyn ContentSource>,
+    extras: &Extras,
     limit: Duration,
 ) -> Result<(), DataError> {
     let size = content.size();
@@ -1350,8 +1438,14 @@ async fn send_content(
     let mut buf = vec![0u8; SEND_CHUNK];
     let mut out = Vec::with_capacity(DotStuffer::max_encoded_len(SEND_CHUNK) + 5);
     let mut offset = 0u64;
+    if let Some(h) = &extras.transport_header {
+        // Our own header line goes first; it is plain ASCII with no leading dot.
+        stuffer.push(h.as_bytes(), &mut out);
+    }
     loop {
-        out.clear();
+        if offset > 0 || extras.transport_header.is_none() {
+            out.clear();
+        }
         if offset < size {
             let want = usize::try_from(size - offset).map_or(SEND_CHUNK, |r| r.min(SEND_CHUNK));
             let source = content.clone();
@@ -1370,7 +1464,13 @@ async fn send_content(
                     format!("content ends at byte {offset} of {size}"),
                 )));
             }
-            stuffer.push(&buf[..n], &mut out);
+            match extras.subject_mark.as_deref() {
+                Some(mark) if offset == 0 => {
+                    let marked = mark_subject(&buf[..n], mark);
+                    stuffer.push(&marked, &mut out);
+                }
+                _ => stuffer.push(&buf[..n], &mut out),
+            }
             offset += n as u64;
         }
         if offset >= size {
@@ -1383,11 +1483,159 @@ async fn send_content(
     }
 }
 
+/// What this session adds to the message on its way out (`[evidence]`).
+#[derive(Debug, Default)]
+struct Extras {
+    /// `X-Qrelay-Transport: ...` with CRLF, put in front of the header section.
+    transport_header: Option<String>,
+    /// A mark put in front of the Subject (verified deliveries only).
+    subject_mark: Option<String>,
+}
+
+impl Extras {
+    /// How many bytes longer the message gets (for SIZE=).
+    fn added_bytes(&self) -> u64 {
+        let h = self.transport_header.as_ref().map_or(0, |h| h.len());
+        let m = self.subject_mark.as_ref().map_or(0, |m| m.len() + 1);
+        (h + m) as u64
+    }
+}
+
+/// `X-Qrelay-Transport: verified dane-ee TLSv1.3 TLS13_AES_256_GCM_SHA384
+/// X25519MLKEM768 mx=mx.example.org`, with CRLF: how this message left, for the
+/// recipient to see (off by default).
+fn transport_header(
+    verdict: Option<TransportVerdict>,
+    auth: &AuthFacts,
+    tls: Option<&TlsFacts>,
+    mx: &str,
+) -> String {
+    let mut words = vec![
+        verdict.map_or("plaintext", |v| v.as_str()).to_string(),
+        auth.mechanism.as_str().to_string(),
+    ];
+    if let Some(t) = tls {
+        words.push(t.version.clone());
+        words.push(t.cipher.clone());
+        if let Some(g) = &t.group {
+            words.push(g.clone());
+        }
+    }
+    // Host names are LDH; keep the header a single clean line whatever comes in.
+    let mx: String = mx
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'))
+        .collect();
+    words.push(format!("mx={mx}"));
+    format!("X-Qrelay-Transport: {}\r\n", words.join(" "))
+}
+
+/// Put `mark` in front of the Subject field of the header section in `head` (the
+/// first piece of the message). A Subject beyond the first piece, or none, is left
+/// alone: the mark is a courtesy, never a reason to hold the message.
+fn mark_subject(head: &[u8], mark: &str) -> Vec<u8> {
+    let end = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(head.len(), |p| p + 2);
+    let mut at = 0;
+    while at < end {
+        let line_end = head[at..end]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map_or(end, |p| at + p + 2);
+        let line = &head[at..line_end];
+        if line.len() >= 8 && line[..8].eq_ignore_ascii_case(b"subject:") {
+            let mut value = at + 8;
+            if head.get(value) == Some(&b' ') {
+                value += 1;
+            }
+            let mut out = Vec::with_capacity(head.len() + mark.len() + 1);
+            out.extend_from_slice(&head[..value]);
+            out.extend_from_slice(mark.trim_end().as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(&head[value..]);
+            return out;
+        }
+        at = line_end;
+    }
+    head.to_vec()
+}
+
+/// G2: why a REQUIRETLS message may not go to this host, or `None` when it may.
+/// The MX set must be DNSSEC-validated (DANE, or PKIX on a secure MX answer) or
+/// MTA-STS-validated, the certificate verified, and REQUIRETLS advertised.
+fn requiretls_refusal(
+    ctx: &HostCtx<'_>,
+    verdict: Option<TransportVerdict>,
+    auth: &AuthFacts,
+    advertised: bool,
+) -> Option<ProblemKind> {
+    let authenticated = verdict == Some(TransportVerdict::Verified)
+        && match auth.mechanism {
+            Mechanism::DaneEe | Mechanism::DaneTa | Mechanism::MtaSts => true,
+            // A certificate name within the recipient domain authenticates the
+            // server, but not the MX set: that needs a DNSSEC-secure MX answer.
+            Mechanism::Pkix => ctx.facts.mx_security == Security::Secure,
+            Mechanism::None => false,
+        };
+    if !authenticated {
+        Some(ProblemKind::NotAuthenticated)
+    } else if !advertised {
+        Some(ProblemKind::RequireTlsNotSupported)
+    } else {
+        None
+    }
+}
+
+/// The problem category of a decision that does not send, with its reason and,
+/// for an expired certificate, the end of its validity.
+fn problem_of(
+    inputs: &Inputs<'_>,
+    decision: &Decision,
+    chain: &[CertificateDer<'static>],
+) -> Option<Problem> {
+    let kind = policy::problem::of_decision(inputs, decision)?;
+    let detail = match &decision.action {
+        Action::SkipHost { reason, .. } | Action::DeferDomain { reason, .. } => reason.clone(),
+        _ => String::new(),
+    };
+    let date = (kind == ProblemKind::CertificateExpired)
+        .then(|| chain.first().and_then(|c| not_after(c)))
+        .flatten();
+    Some(Problem { kind, detail, date })
+}
+
+/// The end of a certificate's validity (Unix seconds).
+fn not_after(cert: &CertificateDer<'_>) -> Option<u64> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    u64::try_from(parsed.validity().not_after.timestamp()).ok()
+}
+
+/// Attach the problem to a host failure's attempt.
+fn with_problem(problem: Option<Problem>, end: SessionEnd) -> SessionEnd {
+    match end {
+        SessionEnd::NextHost(mut f) => {
+            f.attempt.problem = problem;
+            SessionEnd::NextHost(f)
+        }
+        SessionEnd::RetryPlaintext(mut f, e) => {
+            f.attempt.problem = problem;
+            SessionEnd::RetryPlaintext(f, e)
+        }
+        done => done,
+    }
+}
+
 /// `MAIL FROM:<...>` with the parameters the server understands.
-fn mail_from_line(req: &DeliveryRequest, caps: &Capabilities) -> String {
+fn mail_from_line(req: &DeliveryRequest, caps: &Capabilities, added: u64) -> String {
     let mut line = format!("MAIL FROM:<{}>", req.sender);
     if caps.size.is_some() {
-        line.push_str(&format!(" SIZE={}", req.content.size()));
+        line.push_str(&format!(" SIZE={}", req.content.size() + added));
+    }
+    // G2: passed on (the session checked that the server advertises it).
+    if req.requiretls && caps.requiretls {
+        line.push_str(" REQUIRETLS");
     }
     if req.body == BodyType::EightBitMime && caps.eight_bit_mime {
         line.push_str(" BODY=8BITMIME");

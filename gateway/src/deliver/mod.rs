@@ -80,6 +80,13 @@ pub struct DeliveryRequest {
     pub level: Level,
     /// The TLS profile to offer (from the message's class, `tls_profile`).
     pub tls_profile: Profile,
+    /// REQUIRETLS (RFC 8689, G2): only to a host whose MX set is DNSSEC- or
+    /// MTA-STS-validated, whose certificate is verified and which advertises
+    /// REQUIRETLS; passed on in MAIL FROM; otherwise 5.7.30.
+    pub requiretls: bool,
+    /// Deliver without applying DANE or MTA-STS (`TLS-Required: No` honoured, or a
+    /// TLS-RPT report: RFC 8689 section 5, RFC 8460 section 3). `level` is `may`.
+    pub tls_optional: bool,
     /// The message, read in pieces while DATA is sent (see the module docs).
     pub content: Arc<dyn ContentSource>,
 }

@@ -36,6 +36,8 @@
 //! at all and whether DANE verifies the handshake), and [`decide`] after the
 //! handshake, which applies [`plan`]'s rules again before judging the session.
 
+pub mod problem;
+
 use crate::config::Level;
 use crate::dane::{self, DaneMechanism, DaneOutcome, DaneRequirement, Precondition};
 use crate::dns::Security;

@@ -24,6 +24,7 @@
 //! (the whole original only when it is small enough to be returned in full, else
 //! its header section; see [`read_original`]).
 
+pub mod requirement;
 mod schedule;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -33,7 +34,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify as Wakeup, Semaphore};
 
 use crate::bounce::{self, Dsn, DsnKind, DsnOptions, Original};
-use crate::config::Config;
+use crate::config::{ClassConfig, Config, LevelAction};
 use crate::control::ControlHandler;
 use crate::deliver::{DeliveryReport, DeliveryRequest, RcptOutcome, RcptRequest, Transport};
 use crate::spool::record::{
@@ -42,6 +43,7 @@ use crate::spool::record::{
 };
 use crate::spool::{Incoming, Spool, SpoolError};
 
+pub use requirement::{requirement, Requirement};
 pub use schedule::RetrySchedule;
 
 /// Longest the scheduler sleeps without looking at the queue again (delay notices,
@@ -131,6 +133,8 @@ struct Job {
     domain: String,
     /// Indices into `Envelope::recipients`, in request order.
     rcpts: Vec<usize>,
+    /// What these recipients require (the same for all of them).
+    requirement: Requirement,
     request: DeliveryRequest,
 }
 
@@ -315,12 +319,33 @@ impl Queue {
                     due_domains.insert(domain);
                 }
             }
+            let wall = std::time::SystemTime::now();
             for domain in due_domains {
                 // All of a message's pending recipients in one domain go in one
-                // transaction, including those not yet due.
-                let rcpts = indices(env, |r| {
+                // transaction, including those not yet due, as long as they require
+                // the same (an exception for one address splits them: the others
+                // go in the next round, when this one has finished).
+                let all = indices(env, |r| {
                     r.state == RcptState::Pending && r.domain() == domain
                 });
+                let reqs: Vec<Requirement> = all
+                    .iter()
+                    .map(|&i| requirement(cfg, env, &env.recipients[i].address, wall))
+                    .collect();
+                let first = reqs[0].clone();
+                let rcpts: Vec<usize> = all
+                    .iter()
+                    .zip(&reqs)
+                    .filter(|(_, q)| q.key() == first.key())
+                    .map(|(&i, _)| i)
+                    .collect();
+                if let Some(e) = &first.exception {
+                    tracing::info!(
+                        queue_id = %env.id, domain = %domain, exception = %e.id,
+                        approver = %e.approver, level = %first.level,
+                        "exception applies: {}", e.reason
+                    );
+                }
                 let request = DeliveryRequest {
                     id: env.id.clone(),
                     domain: domain.clone(),
@@ -340,8 +365,10 @@ impl Queue {
                     smtputf8: env.smtputf8,
                     ret: env.ret,
                     envid: env.envid.clone(),
-                    level: cfg.class_level(env.class),
-                    tls_profile: cfg.class_tls_profile(env.class),
+                    level: first.level,
+                    tls_profile: first.profile,
+                    requiretls: env.requiretls,
+                    tls_optional: first.tls_optional,
                     // The spool file is opened when the attempt starts.
                     content: Arc::new(Vec::new()),
                 };
@@ -349,6 +376,7 @@ impl Queue {
                     id: env.id.clone(),
                     domain,
                     rcpts,
+                    requirement: first,
                     request,
                 });
             }
@@ -396,9 +424,11 @@ impl Queue {
             };
             entry.in_flight.remove(&job.domain);
             let env = &mut entry.env;
-            let expires = env
-                .received_at
-                .saturating_add(cfg.delivery.queue_lifetime.as_secs());
+            let expires = env.expires_at.unwrap_or_else(|| {
+                env.received_at
+                    .saturating_add(cfg.delivery.queue_lifetime.as_secs())
+            });
+            let class = cfg.class_config(job.requirement.class);
             for (k, &i) in job.rcpts.iter().enumerate() {
                 let Some(outcome) = report.outcomes.get(k) else {
                     continue;
@@ -415,6 +445,15 @@ impl Queue {
                     expires,
                     &self.inner.schedule,
                 );
+                if let Some(action) = grace_over(r, &class, env.received_at, now) {
+                    apply_level_action(r, action, &job.requirement);
+                    tracing::warn!(
+                        queue_id = %env.id, to = %r.address, class = %job.requirement.class,
+                        level = %job.requirement.level, action = action.as_str(),
+                        "level not reached within the grace period: {}",
+                        r.last.as_ref().map(|a| a.reply.as_str()).unwrap_or("")
+                    );
+                }
                 tracing::info!(
                     queue_id = %env.id,
                     to = %r.address,
@@ -688,6 +727,51 @@ fn apply_outcome(
     r.last = Some(last);
 }
 
+/// A4: the recipient is still pending because its server could not give the
+/// transport its level (the attempt recorded a problem), and the class's grace
+/// period is over: the class's action is due.
+fn grace_over(
+    r: &Recipient,
+    class: &ClassConfig,
+    received_at: u64,
+    now: u64,
+) -> Option<LevelAction> {
+    if r.state != RcptState::Pending {
+        return None;
+    }
+    let grace = class.grace?;
+    let level_problem = r.last.as_ref().is_some_and(|a| a.problem.is_some());
+    (level_problem && now >= received_at.saturating_add(grace.as_secs())).then_some(class.action)
+}
+
+/// Bounce or hold a recipient whose level could not be met (A4). The notice to
+/// the sender (failure or held DSN) explains the problem in plain language.
+fn apply_level_action(r: &mut Recipient, action: LevelAction, req: &Requirement) {
+    let reason = r.last.as_ref().map(|a| a.reply.clone()).unwrap_or_default();
+    let status = r
+        .status
+        .as_deref()
+        .map(|s| format!("5{}", s.get(1..).unwrap_or(".7.5")))
+        .unwrap_or_else(|| "5.7.5".into());
+    match action {
+        LevelAction::Bounce => {
+            r.state = RcptState::Failed;
+            r.status = Some(status);
+            if let Some(a) = r.last.as_mut() {
+                a.reply = format!(
+                    "level {} (class {}) not reached within the grace period: {reason}",
+                    req.level, req.class
+                );
+            }
+        }
+        LevelAction::Hold => {
+            r.state = RcptState::Held;
+            // The held notice is due (sent by `settle`, flagged like a final one).
+            r.final_notice_done = false;
+        }
+    }
+}
+
 /// The enhanced status code at the start of an SMTP reply text, if any ("250 2.0.0 Ok").
 fn status_of(reply: &str) -> Option<String> {
     reply
@@ -926,6 +1010,37 @@ impl ControlHandler for Queue {
         drop(st);
         self.inner.wakeup.notify_one();
         n
+    }
+
+    fn release(&self, id: &QueueId) -> Option<usize> {
+        let now = now_secs();
+        let n = {
+            let mut st = self.lock();
+            let entry = st.messages.get_mut(id)?;
+            let mut n = 0;
+            for r in entry.env.recipients.iter_mut() {
+                if r.state == RcptState::Held {
+                    r.state = RcptState::Pending;
+                    r.next_attempt = now;
+                    // The held notice went out (or is moot now).
+                    r.final_notice_done = false;
+                    r.delay_notified = true;
+                    n += 1;
+                }
+            }
+            n
+        };
+        if n > 0 {
+            tracing::info!(queue_id = %id, released = n, "held recipients released by admin");
+            let queue = self.clone();
+            let id2 = id.clone();
+            // Durable before the next attempt could change it again.
+            if let Err(e) = queue.persist_blocking(&id2) {
+                tracing::error!(queue_id = %id, error = %e, "cannot update spool record");
+            }
+            self.inner.wakeup.notify_one();
+        }
+        Some(n)
     }
 
     fn delete(&self, id: &QueueId) -> Result<bool, String> {

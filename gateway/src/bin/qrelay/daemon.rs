@@ -158,6 +158,9 @@ impl ControlHandler for DaemonControl {
     fn delete(&self, id: &QueueId) -> Result<bool, String> {
         self.queue.delete(id)
     }
+    fn release(&self, id: &QueueId) -> Option<usize> {
+        self.queue.release(id)
+    }
     fn counts(&self) -> QueueCounts {
         self.queue.counts()
     }

@@ -90,6 +90,9 @@ enum QueueCmd {
     Retry { id: String },
     /// Remove a message from the queue without notice.
     Delete { id: String },
+    /// Try a message's held recipients again now (after the recipient fixed their
+    /// server, or an exception was added).
+    Release { id: String },
 }
 
 fn main() -> std::process::ExitCode {
@@ -259,6 +262,7 @@ fn queue_command(config: &Config, cmd: QueueCmd) -> Result<()> {
         QueueCmd::Retry { id } if id == "all" => ControlCommand::Retry("all".into()),
         QueueCmd::Retry { id } => ControlCommand::Retry(parse_id(id)?.to_string()),
         QueueCmd::Delete { id } => ControlCommand::Delete(parse_id(id)?.to_string()),
+        QueueCmd::Release { id } => ControlCommand::Release(parse_id(id)?.to_string()),
     };
     let response = control_call(&config.control_socket(), command)?;
     let now = now_secs();

@@ -356,6 +356,8 @@ fn request(level: Level, rcpts: &[&str]) -> DeliveryRequest {
         envid: Some("env id+1".into()),
         level,
         tls_profile: crate::tls::profile::Profile::default_for(level),
+        requiretls: false,
+        tls_optional: false,
         content: Arc::new(b"Subject: hi\r\n\r\n.leading dot\r\nbody\r\n".to_vec()),
     }
 }
