@@ -172,7 +172,7 @@ pub(crate) fn is_smtp_reply(s: &str) -> bool {
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian (year, month, day).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     // Shift the epoch to 0000-03-01 so leap days fall at the end of a year,
     // then split into 400-year eras of 146097 days.
     let z = days + 719_468;

@@ -36,6 +36,14 @@
 //!   50 MiB: the caller passes an [`Original`], the message's size and only its
 //!   beginning: all of it when [`full_return_possible`], else its header section
 //!   (at most [`MAX_HEADER_RETURN`] bytes, see [`crate::spool::Spool::read_header_section`]).
+//! - A message submitted with REQUIRETLS is never returned whole, whatever RET says:
+//!   its DSN carries only the header section (RFC 8689 section 5, non-delivery
+//!   message handling: the content must not leave over a path the sender did not
+//!   accept, and the DSN itself may travel without REQUIRETLS), and the text says so.
+//! - When a recipient's last attempt recorded why its server could not carry the
+//!   message at its level ([`crate::spool::record::Problem`]), or the message is
+//!   held, the text explains it in German and English for a non-technical sender
+//!   ([`notice`], standards.md A4).
 //! - The message is internationalized (RFC 6533) when the original envelope used
 //!   SMTPUTF8: the report becomes `message/global-delivery-status`, the returned
 //!   content `message/global` / `message/global-headers`. Otherwise everything in the
@@ -49,11 +57,13 @@
 //! mail-parser, an independent MIME implementation.
 
 mod mime;
+pub mod notice;
 #[cfg(test)]
 mod tests;
 
 pub use mime::rfc5322_date;
 
+use crate::config::Level;
 use crate::spool::record::{Attempt, BodyType, Envelope, Notify, Recipient, Ret};
 
 /// A failure DSN returns the whole message only up to this size (unless RET=HDRS).
@@ -89,9 +99,10 @@ impl<'a> Original<'a> {
 
 /// Whether a failure DSN for `env` may return the whole original of `size` bytes
 /// (RFC 3461 section 4.3: RET=HDRS says no; beyond `opts.max_full_return`, our
-/// limit). The caller reads the whole message only then.
+/// limit; REQUIRETLS, RFC 8689 section 5: never). The caller reads the whole
+/// message only then.
 pub fn full_return_possible(env: &Envelope, size: u64, opts: &DsnOptions) -> bool {
-    env.ret != Some(Ret::Headers) && size <= opts.max_full_return as u64
+    !env.requiretls && env.ret != Some(Ret::Headers) && size <= opts.max_full_return as u64
 }
 
 /// Which notice a DSN carries (RFC 3464 section 2.3.3, the `Action` field).
@@ -103,6 +114,10 @@ pub enum DsnKind {
     Delay,
     /// `Action: relayed`: handed to a server that does not send DSNs itself.
     Success,
+    /// `Action: delayed` with a 4.7.x status: the level could not be met, the class
+    /// says `hold` (standards.md A4). The message is kept and not sent; an
+    /// administrator releases or deletes it.
+    Held,
 }
 
 /// A DSN ready to be queued as a new message.
@@ -130,6 +145,9 @@ pub struct DsnOptions {
     pub retry_until: Option<u64>,
     /// Largest original returned in full by a failure DSN.
     pub max_full_return: usize,
+    /// The level the message's class requires, for the sender's notice; `None`:
+    /// the class's built-in default ([`crate::config::RiskClass::default_config`]).
+    pub level: Option<Level>,
 }
 
 impl Default for DsnOptions {
@@ -137,6 +155,7 @@ impl Default for DsnOptions {
         DsnOptions {
             retry_until: None,
             max_full_return: MAX_FULL_RETURN,
+            level: None,
         }
     }
 }
@@ -187,6 +206,9 @@ pub fn build_dsn_with(
             // RFC 3461 section 5: after relaying to a DSN-capable server the success
             // notice is that server's job.
             DsnKind::Success => Notify::wants_success(r.notify) && !r.remote_dsn,
+            // A held message will not arrive unless someone acts: a sender who
+            // asked for either failure or delay notices gets this one (A4).
+            DsnKind::Held => Notify::wants_failure(r.notify) || Notify::wants_delay(r.notify),
         })
         .collect();
     if selected.is_empty() {
@@ -334,6 +356,7 @@ fn subject(kind: DsnKind) -> &'static str {
         DsnKind::Failure => "Undelivered Mail Returned to Sender",
         DsnKind::Delay => "Delayed Mail (still being retried)",
         DsnKind::Success => "Successful Mail Delivery Report",
+        DsnKind::Held => "Mail held: the recipient's server is not secure enough",
     }
 }
 
@@ -398,13 +421,21 @@ fn status_of(r: &Recipient, kind: DsnKind) -> String {
         DsnKind::Failure => code.starts_with('5') || code.starts_with('4'),
         DsnKind::Delay => code.starts_with('4'),
         DsnKind::Success => code.starts_with('2'),
+        DsnKind::Held => code.starts_with("4.7."),
     };
     match r.status.as_deref().map(str::trim) {
         Some(code) if mime::is_status_code(code) && fits(code) => code.to_string(),
+        // A hold is not final (RFC 3463: 4.x.x), whatever the last attempt said.
+        Some(code)
+            if kind == DsnKind::Held && mime::is_status_code(code) && code.starts_with("5.7.") =>
+        {
+            format!("4{}", &code[1..])
+        }
         _ => match kind {
             DsnKind::Failure => "5.0.0",
             DsnKind::Delay => "4.0.0",
             DsnKind::Success => "2.0.0",
+            DsnKind::Held => "4.7.0",
         }
         .to_string(),
     }
@@ -414,7 +445,7 @@ fn action(kind: DsnKind) -> &'static str {
     // RFC 3464 section 2.3.3.
     match kind {
         DsnKind::Failure => "failed",
-        DsnKind::Delay => "delayed",
+        DsnKind::Delay | DsnKind::Held => "delayed",
         DsnKind::Success => "relayed",
     }
 }
@@ -584,14 +615,20 @@ fn human_text(
         ),
         None => format!("Your message (accepted {})", rfc5322_date(env.received_at)),
     };
+    // RFC 8689 section 5: the content of a REQUIRETLS message is not returned.
+    let attached = if full {
+        "A copy of your message is attached."
+    } else if env.requiretls {
+        "Because your message was sent with REQUIRETLS, only its headers are attached, not its content."
+    } else {
+        "The headers of your message are attached."
+    };
     let intro = match kind {
         DsnKind::Failure => format!(
-            "{what} could not be delivered to the recipients below. The gateway has given up; the message will not be delivered to them. {}",
-            if full {
-                "A copy of your message is attached."
-            } else {
-                "The headers of your message are attached."
-            }
+            "{what} could not be delivered to the recipients below. The gateway has given up; the message will not be delivered to them. {attached}"
+        ),
+        DsnKind::Held => format!(
+            "{what} could not be sent to the recipients below with the security it requires. The gateway keeps it and does not send it; an administrator can release or delete it. {attached}"
         ),
         DsnKind::Delay => {
             let until = match opts.retry_until {
@@ -604,6 +641,7 @@ fn human_text(
         }
         DsnKind::Success => format!("{what} was handed over to the recipients' mail servers below."),
     };
+    notices(&mut t, env, rcpts, kind, opts);
     wrap_para(&mut t, &intro);
 
     for r in rcpts {
@@ -625,7 +663,7 @@ fn human_text(
                     "Delivered to {server}. That server does not send delivery confirmations, so this is the last confirmation you will receive; it shows that the message left this gateway, not that it reached the mailbox."
                 )));
             }
-            DsnKind::Failure | DsnKind::Delay => {
+            DsnKind::Failure | DsnKind::Delay | DsnKind::Held => {
                 if let Some(m) = plain_meaning(&status) {
                     lines.push((IND, m.to_string()));
                 }
@@ -680,6 +718,93 @@ fn human_text(
         "The technical report for mail programs follows in the next part of this message.",
     );
     t
+}
+
+/// The German and the English notice (German first, each labelled) for the
+/// recipients whose last attempt recorded a problem, and for held ones: what was
+/// wrong with the server, the message's class and level, and what happened to it
+/// (standards.md A4).
+fn notices(
+    out: &mut String,
+    env: &Envelope,
+    rcpts: &[&Recipient],
+    kind: DsnKind,
+    opts: &DsnOptions,
+) {
+    const IND: &str = "    ";
+    if kind == DsnKind::Success {
+        return;
+    }
+    let explained: Vec<(String, notice::Explanation)> = rcpts
+        .iter()
+        .filter_map(|r| {
+            let last = r.last.as_ref();
+            let mx = last.map(|a| a.mx.as_str()).unwrap_or("");
+            let e = match last.and_then(|a| a.problem.as_ref()) {
+                Some(p) => notice::explain(p, mx),
+                None if kind == DsnKind::Held => notice::explain_unrecorded(mx),
+                None => return None,
+            };
+            Some((mime::clean(&r.address, false), e))
+        })
+        .collect();
+    if explained.is_empty() {
+        return;
+    }
+    let class = env.class;
+    let level = opts.level.unwrap_or_else(|| class.default_config().level);
+    let (outcome_de, outcome_en) = match kind {
+        DsnKind::Held => (
+            "Die Nachricht wird aufbewahrt und nicht versendet; ein Administrator kann sie freigeben oder löschen.",
+            "The message is kept and not sent; an administrator can release or delete it.",
+        ),
+        DsnKind::Delay => (
+            "Die Nachricht wurde noch nicht versendet; das Gateway versucht es weiter.",
+            "The message has not been sent yet; the gateway keeps trying.",
+        ),
+        _ => (
+            "Die Nachricht wurde nicht versendet.",
+            "The message was not sent.",
+        ),
+    };
+    // The English text below says the same in its first paragraph.
+    let requiretls = env.requiretls.then_some(
+        "Da die Nachricht mit REQUIRETLS verschickt wurde, liegen dieser Benachrichtigung nur ihre Kopfzeilen bei, nicht ihr Inhalt.",
+    );
+
+    out.push_str(
+        "--- Deutsch ---
+",
+    );
+    for (addr, e) in &explained {
+        mime::wrap(out, "", &format!("Empfänger <{addr}>:"), 72);
+        mime::wrap(out, IND, &e.de, 72 - IND.len());
+        mime::wrap(
+            out,
+            IND,
+            &format!(
+                "Die Nachricht hat die Risikoklasse \"{}\" ({class}) und verlangt die Sicherheitsstufe \"{}\" ({level}). {outcome_de}",
+                notice::de_class(class),
+                notice::de_level(level),
+            ),
+            72 - IND.len(),
+        );
+    }
+    if let Some(de) = requiretls {
+        mime::wrap(out, "", de, 72);
+    }
+    out.push_str("\r\n--- English ---\r\n");
+    for (addr, e) in &explained {
+        mime::wrap(out, "", &format!("Recipient <{addr}>:"), 72);
+        mime::wrap(out, IND, &e.en, 72 - IND.len());
+        mime::wrap(
+            out,
+            IND,
+            &format!("The message has the risk class \"{class}\" and requires the level \"{level}\". {outcome_en}"),
+            72 - IND.len(),
+        );
+    }
+    out.push_str("\r\n");
 }
 
 fn wrap_para(out: &mut String, text: &str) {

@@ -5,7 +5,8 @@ use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
 
 use super::*;
 use crate::spool::record::{
-    Attempt, ClientInfo, QueueId, RcptState, TlsFacts, TransportVerdict, RECORD_VERSION,
+    Attempt, ClientInfo, Problem, ProblemKind, QueueId, RcptState, TlsFacts, TransportVerdict,
+    RECORD_VERSION,
 };
 
 const NOW: u64 = 1_739_440_800;
@@ -668,4 +669,317 @@ fn eight_bit_originals_set_the_dsn_body_type() {
         .parse(&dsn.content)
         .expect("parses");
     assert_eq!(ctype(parts(&m)[2]), "message/global-headers");
+}
+
+/// A recipient whose last attempt recorded a problem.
+fn with_problem(addr: &str, status: &str, kind: ProblemKind, date: Option<u64>) -> Recipient {
+    let mut r = failed(addr, "the server's certificate has expired", status);
+    if let Some(a) = r.last.as_mut() {
+        a.mx = "mx.example.org".into();
+        a.problem = Some(Problem {
+            kind,
+            detail: "certificate not valid after 2021-01-01".into(),
+            date,
+        });
+    }
+    r
+}
+
+fn dsn_text(dsn: &Dsn) -> (String, String, String) {
+    let m = MessageParser::default()
+        .parse(&dsn.content)
+        .expect("parses");
+    let p = parts(&m);
+    assert_eq!(p.len(), 3);
+    (text_of(p[0]), text_of(p[1]), ctype(p[2]))
+}
+
+#[test]
+fn a4_notice_explains_every_problem_kind_in_both_languages() {
+    use crate::spool::record::ProblemKind as K;
+    let kinds = [
+        K::StarttlsNotSupported,
+        K::CertificateExpired,
+        K::CertificateNotTrusted,
+        K::CertificateHostMismatch,
+        K::TlsaInvalid,
+        K::DnssecInvalid,
+        K::DaneRequired,
+        K::StsPolicyFetchError,
+        K::StsPolicyInvalid,
+        K::StsWebpkiInvalid,
+        K::StsMxNotListed,
+        K::NotAuthenticated,
+        K::TlsProfile,
+        K::HandshakeFailed,
+        K::RequireTlsNotSupported,
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for kind in kinds {
+        let p = Problem {
+            kind,
+            detail: String::new(),
+            date: None,
+        };
+        let e = notice::explain(&p, "mx.example.org");
+        assert!(seen.insert(e.en.clone()), "{kind:?} repeats another text");
+        for text in [&e.de, &e.en] {
+            assert!(!text.contains(['\r', '\n']), "{kind:?}: {text}");
+            assert!(text.len() < 400, "{kind:?}: too long for a sender: {text}");
+        }
+        assert!(e.de.contains("Administrator"), "{kind:?}: {}", e.de);
+        assert!(e.en.contains("administrator"), "{kind:?}: {}", e.en);
+        let names_server = !matches!(
+            kind,
+            K::StsPolicyFetchError | K::StsPolicyInvalid | K::StsWebpkiInvalid
+        );
+        if names_server {
+            assert!(e.de.contains("mx.example.org"), "{kind:?}: {}", e.de);
+            assert!(e.en.contains("mx.example.org"), "{kind:?}: {}", e.en);
+        }
+    }
+    let e = notice::explain(
+        &Problem {
+            kind: K::StarttlsNotSupported,
+            detail: String::new(),
+            date: None,
+        },
+        "",
+    );
+    assert!(
+        e.en.starts_with("The recipient's mail server does not offer encryption"),
+        "{}",
+        e.en
+    );
+    assert!(e.de.contains("bietet keine Verschlüsselung"), "{}", e.de);
+}
+
+#[test]
+fn a4_expired_certificate_names_the_date() {
+    // 2021-01-01 12:00 UTC.
+    let p = Problem {
+        kind: ProblemKind::CertificateExpired,
+        detail: String::new(),
+        date: Some(1_609_502_400),
+    };
+    let e = notice::explain(&p, "mx.example.org.");
+    assert!(
+        e.de.starts_with("Das Zertifikat des Servers mx.example.org ist am 01.01.2021 abgelaufen."),
+        "{}",
+        e.de
+    );
+    assert!(
+        e.en.starts_with("The certificate of mx.example.org expired on 2021-01-01."),
+        "{}",
+        e.en
+    );
+    // A server name from DNS cannot smuggle text or line breaks into the notice.
+    let e = notice::explain(&p, "mx.example.org\r\nBcc: x@evil");
+    assert!(!e.en.contains(['\r', '\n', '@']), "{}", e.en);
+    assert!(!e.de.contains(['\r', '\n', '@']), "{}", e.de);
+    let e = notice::explain_unrecorded("");
+    assert!(
+        e.en.contains("could not be reached with the required security"),
+        "{}",
+        e.en
+    );
+    assert!(e.de.contains("erforderlichen Sicherheit"), "{}", e.de);
+}
+
+#[test]
+fn a4_failure_dsn_carries_german_and_english_notice() {
+    let mut env = envelope("alice@example.com");
+    env.class = crate::config::RiskClass::High;
+    let r = with_problem(
+        "bob@example.org",
+        "5.7.5",
+        ProblemKind::CertificateExpired,
+        Some(1_609_502_400),
+    );
+    let dsn = build_dsn(
+        "gw.example.com",
+        &env,
+        &[&r],
+        DsnKind::Failure,
+        &original(),
+        NOW,
+    )
+    .expect("a DSN");
+    let (text, report, _) = dsn_text(&dsn);
+    let de = text.find("--- Deutsch ---").expect("German part");
+    let en = text.find("--- English ---").expect("English part");
+    assert!(de < en, "German first: {text}");
+    let unwrapped = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    for want in [
+        "Empfänger <bob@example.org>:",
+        "Das Zertifikat des Servers mx.example.org ist am 01.01.2021 abgelaufen.",
+        "Risikoklasse \"hoch\" (high)",
+        "Sicherheitsstufe \"geprüft\" (verified)",
+        "Die Nachricht wurde nicht versendet.",
+        "Recipient <bob@example.org>:",
+        "The certificate of mx.example.org expired on 2021-01-01.",
+        "risk class \"high\" and requires the level \"verified\". The message was not sent.",
+        "ask the recipient's IT department to fix this, or contact your administrator",
+    ] {
+        assert!(unwrapped.contains(want), "missing {want:?} in {text}");
+    }
+    // The report is still RFC 3464: one per-message block, one recipient block.
+    let b = blocks(&report);
+    assert_eq!(b.len(), 2);
+    assert_eq!(field(&b[1], "Action"), Some("failed"));
+    assert_eq!(field(&b[1], "Status"), Some("5.7.5"));
+    // The level given by the caller (the configured one) is named.
+    let opts = DsnOptions {
+        level: Some(crate::config::Level::Trusted),
+        ..DsnOptions::default()
+    };
+    let dsn = build_dsn_with(
+        "gw.example.com",
+        &env,
+        &[&r],
+        DsnKind::Failure,
+        Original::whole(&original()),
+        NOW,
+        &opts,
+    )
+    .expect("a DSN");
+    let (text, _, _) = dsn_text(&dsn);
+    assert!(text.contains("(trusted)"), "{text}");
+}
+
+#[test]
+fn a4_no_notice_without_a_problem() {
+    let env = envelope("alice@example.com");
+    let r = failed("bob@example.org", "550 5.1.1 no such user", "5.1.1");
+    let dsn = build_dsn(
+        "gw.example.com",
+        &env,
+        &[&r],
+        DsnKind::Failure,
+        &original(),
+        NOW,
+    )
+    .expect("a DSN");
+    let (text, _, _) = dsn_text(&dsn);
+    assert!(!text.contains("--- Deutsch ---"), "{text}");
+}
+
+#[test]
+fn a4_held_dsn_is_delayed_with_4_7_status() {
+    let mut env = envelope("alice@example.com");
+    env.class = crate::config::RiskClass::Secret;
+    let mut r = with_problem(
+        "bob@example.org",
+        "5.7.10",
+        ProblemKind::StarttlsNotSupported,
+        None,
+    );
+    r.state = RcptState::Held;
+    let mut r2 = failed("carol@example.org", "no server reached", "4.4.1");
+    r2.state = RcptState::Held;
+    r2.last = None;
+    let dsn = build_dsn(
+        "gw.example.com",
+        &env,
+        &[&r, &r2],
+        DsnKind::Held,
+        &original(),
+        NOW,
+    )
+    .expect("a DSN");
+    let m = MessageParser::default()
+        .parse(&dsn.content)
+        .expect("parses");
+    assert!(
+        m.subject().is_some_and(|s| s.contains("held")),
+        "{:?}",
+        m.subject()
+    );
+    let (text, report, returned) = dsn_text(&dsn);
+    // Only the headers of a held message are returned: it is still here.
+    assert_eq!(returned, "text/rfc822-headers");
+    let b = blocks(&report);
+    assert_eq!(b.len(), 3);
+    assert_eq!(field(&b[1], "Action"), Some("delayed"));
+    assert_eq!(field(&b[1], "Status"), Some("4.7.10"));
+    assert_eq!(field(&b[2], "Action"), Some("delayed"));
+    assert_eq!(field(&b[2], "Status"), Some("4.7.0"));
+    assert!(field(&b[1], "Will-Retry-Until").is_none());
+    let unwrapped = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    for want in [
+        "Der Mailserver mx.example.org bietet keine Verschlüsselung (STARTTLS) an",
+        "Risikoklasse \"geheim\" (secret)",
+        "Die Nachricht wird aufbewahrt und nicht versendet; ein Administrator kann sie freigeben oder löschen.",
+        "The mail server mx.example.org does not offer encryption (STARTTLS)",
+        "The message is kept and not sent; an administrator can release or delete it.",
+        "Recipient <carol@example.org>: The recipient's mail server could not be reached with the required security.",
+        "an administrator can release or delete it",
+    ] {
+        assert!(unwrapped.contains(want), "missing {want:?} in {text}");
+    }
+    // NOTIFY=NEVER: no notice; NOTIFY=FAILURE alone still hears about a hold.
+    let mut never = r.clone();
+    never.notify = Some(Notify {
+        never: true,
+        ..Default::default()
+    });
+    assert!(build_dsn("gw", &env, &[&never], DsnKind::Held, &original(), NOW).is_none());
+    let mut fail_only = r.clone();
+    fail_only.notify = Some(Notify {
+        failure: true,
+        ..Default::default()
+    });
+    assert!(build_dsn("gw", &env, &[&fail_only], DsnKind::Held, &original(), NOW).is_some());
+}
+
+#[test]
+fn g3_requiretls_bounce_returns_headers_only() {
+    let mut env = envelope("alice@example.com");
+    env.requiretls = true;
+    env.ret = Some(Ret::Full);
+    let opts = DsnOptions::default();
+    assert!(!full_return_possible(&env, 10, &opts));
+    let r = with_problem(
+        "bob@example.org",
+        "5.7.30",
+        ProblemKind::RequireTlsNotSupported,
+        None,
+    );
+    let dsn = build_dsn(
+        "gw.example.com",
+        &env,
+        &[&r],
+        DsnKind::Failure,
+        &original(),
+        NOW,
+    )
+    .expect("a DSN");
+    let (text, _, returned) = dsn_text(&dsn);
+    assert_eq!(returned, "text/rfc822-headers");
+    let raw = String::from_utf8_lossy(&dsn.content);
+    assert!(
+        !raw.contains("the figures are attached"),
+        "body leaked: {raw}"
+    );
+    assert!(raw.contains("Subject: Quarterly figures"), "{raw}");
+    let unwrapped = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    for want in [
+        "Because your message was sent with REQUIRETLS, only its headers are attached, not its content.",
+        "Da die Nachricht mit REQUIRETLS verschickt wurde, liegen dieser Benachrichtigung nur ihre Kopfzeilen bei, nicht ihr Inhalt.",
+        "does not support REQUIRETLS",
+    ] {
+        assert!(unwrapped.contains(want), "missing {want:?} in {text}");
+    }
+    // Without REQUIRETLS the same DSN returns the whole message.
+    env.requiretls = false;
+    let dsn = build_dsn(
+        "gw.example.com",
+        &env,
+        &[&r],
+        DsnKind::Failure,
+        &original(),
+        NOW,
+    )
+    .expect("a DSN");
+    assert_eq!(dsn_text(&dsn).2, "message/rfc822");
 }
