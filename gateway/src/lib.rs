@@ -18,11 +18,13 @@
 
 pub mod bounce;
 pub mod check;
+pub mod classify;
 pub mod config;
 pub mod control;
 pub mod dane;
 pub mod deliver;
 pub mod dns;
+pub mod evidence;
 pub mod mtasts;
 pub mod policy;
 pub mod queue;
@@ -30,6 +32,7 @@ pub mod smtp;
 pub mod spool;
 pub mod system;
 pub mod tls;
+pub mod tlsrpt;
 
 #[cfg(test)]
 mod testutil;

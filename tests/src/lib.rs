@@ -10,6 +10,7 @@
 pub mod infra;
 pub mod json;
 pub mod mailbox;
+pub mod peer;
 pub mod relay;
 pub mod scenario;
 pub mod smtp;

@@ -786,22 +786,6 @@ impl Config {
             ));
         }
         for (name, class) in &self.class {
-            if class.level < Level::Encrypted && *name > RiskClass::None {
-                return Err(bad(
-                    &format!("class.{name}.level"),
-                    &format!(
-                        "class {name} needs at least level encrypted (standards.md A2: personal data is never sent in plaintext)"
-                    ),
-                ));
-            }
-            if class.level < Level::Verified && *name >= RiskClass::High {
-                return Err(bad(
-                    &format!("class.{name}.level"),
-                    &format!(
-                        "class {name} needs level verified (standards.md A3: qualified transport encryption)"
-                    ),
-                ));
-            }
             if let Some(profile) = class.tls_profile {
                 if !profile.allowed_for(class.level) {
                     return Err(bad(
@@ -881,6 +865,36 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Settings that are valid but fall short of the DSK guidance (A2, A3), or
+    /// exceptions that no longer apply: said by `qrelay config check` and logged at
+    /// start. The levels are the admin's to choose; the shortfall is said plainly.
+    pub fn warnings(&self, now: std::time::SystemTime) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, class) in &self.class {
+            let least = match name {
+                RiskClass::None => Level::May,
+                RiskClass::Normal => Level::Encrypted,
+                RiskClass::High | RiskClass::Secret => Level::Verified,
+            };
+            if class.level < least {
+                out.push(format!(
+                    "class {name} has level {}, below the {least} the DSK guidance asks for (standards.md A2/A3)",
+                    class.level
+                ));
+            }
+        }
+        for e in &self.exception {
+            if now >= e.expires {
+                out.push(format!(
+                    "exception {} expired on {} and no longer applies",
+                    e.id,
+                    humantime::format_rfc3339_seconds(e.expires)
+                ));
+            }
+        }
+        out
     }
 
     /// The host name used in greetings, Received headers and DSNs.
@@ -1123,5 +1137,63 @@ domain = "other.example"
         );
         let typo = "[[destination]]\ndomain = \"a.example\"\ndane-only = true\n";
         assert!(Config::parse(typo, Path::new("t.toml")).is_err());
+    }
+
+    #[test]
+    fn a1_a4_classes_exceptions_and_warnings() {
+        let text = r#"
+[class.normal]
+level = "may"
+[class.high]
+grace = "2h"
+action = "hold"
+
+[[exception]]
+id = "old"
+domain = "partner.example"
+level = "encrypted"
+reason = "ticket 1"
+approver = "DPO"
+created = "2020-01-01T00:00:00Z"
+expires = "2020-02-01T00:00:00Z"
+"#;
+        let cfg = Config::parse(text, Path::new("t")).unwrap();
+        // A table keeps the built-in defaults of the keys it does not set.
+        let high = cfg.class_config(RiskClass::High);
+        assert_eq!(high.level, Level::Verified);
+        assert_eq!(high.grace, Some(Duration::from_secs(7200)));
+        assert_eq!(high.action, LevelAction::Hold);
+        assert_eq!(cfg.class_level(RiskClass::Secret), Level::Verified);
+        assert_eq!(cfg.class_level(RiskClass::None), Level::May);
+        let w = cfg.warnings(std::time::SystemTime::now()).join("\n");
+        assert!(w.contains("class normal has level may"), "{w}");
+        assert!(w.contains("exception old expired"), "{w}");
+        let clean = Config::parse("", Path::new("t")).unwrap();
+        assert!(clean.warnings(std::time::SystemTime::now()).is_empty());
+        // Exceptions must say why, who and for whom.
+        for (bad, key) in [("reason = \"\"", "reason"), ("approver = \"\"", "approver")] {
+            let t = text.replace(
+                if key == "reason" {
+                    "reason = \"ticket 1\""
+                } else {
+                    "approver = \"DPO\""
+                },
+                bad,
+            );
+            let e = Config::parse(&t, Path::new("t")).unwrap_err().to_string();
+            assert!(e.contains(&format!("exception[0].{key}")), "{e}");
+        }
+        let t = text.replace("domain = \"partner.example\"", "");
+        let e = Config::parse(&t, Path::new("t")).unwrap_err().to_string();
+        assert!(e.contains("exactly one of domain or address"), "{e}");
+        let t = text.replace(
+            "expires = \"2020-02-01T00:00:00Z\"",
+            "expires = \"2019-02-01T00:00:00Z\"",
+        );
+        assert!(Config::parse(&t, Path::new("t")).is_err());
+        let e = Config::parse("[class.urgent]\nlevel = \"may\"\n", Path::new("t"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("urgent"), "{e}");
     }
 }

@@ -311,6 +311,15 @@ pub fn format_show(env: &Envelope, now: u64) -> String {
     let _ = writeln!(out, "Sender:       {}", sender(env));
     let _ = writeln!(out, "Size:         {} ({} bytes)", size(env.size), env.size);
     let _ = writeln!(out, "Class:        {}", env.class);
+    for reason in &env.class_reasons {
+        let _ = writeln!(out, "  because     {}", safe(reason));
+    }
+    if env.tls_optional {
+        let _ = writeln!(
+            out,
+            "TLS policy:   not enforced (TLS-Required: No allowed by the admin, or a TLS-RPT report)"
+        );
+    }
     let _ = writeln!(
         out,
         "Message-ID:   {}",
@@ -388,6 +397,9 @@ pub fn format_show(env: &Envelope, now: u64) -> String {
                 "not done"
             }
         );
+        if let Some(p) = r.last.as_ref().and_then(|a| a.problem.as_ref()) {
+            let _ = writeln!(out, "    Problem:        {:?}: {}", p.kind, safe(&p.detail));
+        }
         match &r.last {
             Some(a) => attempt(&mut out, a, now),
             None => {
@@ -411,10 +423,11 @@ pub fn format_status(s: &StatusReport) -> String {
     let q = &s.queue;
     let _ = writeln!(
         out,
-        "queue: {} message{}; recipients: {} pending, {} delivered, {} failed",
+        "queue: {} message{}; recipients: {} pending, {} held, {} delivered, {} failed",
         q.messages,
         if q.messages == 1 { "" } else { "s" },
         q.pending,
+        q.held,
         q.delivered,
         q.failed
     );

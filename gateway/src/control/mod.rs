@@ -109,6 +109,13 @@ pub trait ControlHandler: Send + Sync + 'static {
     /// Make a message's held recipients pending and due now; returns how many
     /// were released (`None`: no such message).
     fn release(&self, id: &QueueId) -> Option<usize>;
+    /// `qrelay tls-rpt send`: send one UTC day's TLS-RPT reports now and say what
+    /// happened. The default: this handler does not send reports.
+    fn tls_rpt_send(&self, day: &str) -> Result<String, String> {
+        Err(format!(
+            "this relay does not send TLS-RPT reports (asked for {day})"
+        ))
+    }
     /// Messages and recipients by state.
     fn counts(&self) -> QueueCounts {
         count(&self.list())
@@ -393,6 +400,10 @@ async fn execute(command: Command, handler: Arc<dyn ControlHandler>) -> Response
                 },
             },
             Command::Status => Response::Status(handler.status()),
+            Command::TlsRptSend { day } => match handler.tls_rpt_send(&day) {
+                Ok(summary) => Response::Done(summary),
+                Err(e) => Response::Error(e),
+            },
             Command::Release(id) => match parse(&id) {
                 Err(e) => Response::Error(e.to_string()),
                 Ok(id) => match handler.release(&id) {
@@ -509,5 +520,6 @@ fn check_ids(command: Command) -> Result<Command, ControlError> {
         Command::Retry(s) => Command::Retry(id(s)?),
         Command::Delete(s) => Command::Delete(id(s)?),
         Command::Release(s) => Command::Release(id(s)?),
+        Command::TlsRptSend { day } => Command::TlsRptSend { day },
     })
 }

@@ -17,7 +17,7 @@ use crate::spool::record::Envelope;
 /// (mechanism, DNSSEC status, TLSA, MTA-STS; spool record version 3).
 /// 4: [`Command::Status`] and [`Response::Status`].
 /// 5: risk classes in the envelope (spool record version 4), [`Command::Release`],
-/// held recipients in [`QueueCounts`].
+/// held recipients in [`QueueCounts`], [`Command::TlsRptSend`].
 pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The largest frame either side accepts (the payload, without the length prefix).
@@ -54,6 +54,8 @@ pub enum Command {
     Status,
     /// Release a message's held recipients (class action `hold`): try them again now.
     Release(String),
+    /// Send the TLS-RPT reports of one UTC day (`YYYY-MM-DD`) now.
+    TlsRptSend { day: String },
 }
 
 // A response lives only between decoding and printing; boxing the envelope would

@@ -589,7 +589,7 @@ fn status_format_names_the_dnssec_problem_and_the_upstreams() {
     assert!(text.contains("qrelay 1.2.3"), "{text}");
     assert!(text.contains("up 1h 5m"), "{text}");
     assert!(
-        text.contains("queue: 3 messages; recipients: 4 pending, 2 delivered, 1 failed"),
+        text.contains("queue: 3 messages; recipients: 4 pending, 0 held, 2 delivered, 1 failed"),
         "{text}"
     );
     assert!(

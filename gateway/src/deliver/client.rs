@@ -87,6 +87,7 @@ use crate::spool::record::{
 };
 use crate::tls::client::{session_facts, ClientTls, TlsFailure, TlsSetupError};
 use crate::tls::profile::Profile;
+use crate::tlsrpt::{PolicyApplied, SessionFailure, SessionResult, TlsRpt};
 
 /// Bytes of content read (and then dot-stuffed and written) at a time while DATA is
 /// sent: with the encoded copy, what one attempt holds of a message.
@@ -164,6 +165,9 @@ pub struct Deliverer {
     helo: String,
     /// MTA-STS policies (RFC 8461); `None`: not consulted.
     mta_sts: Option<Arc<MtaSts>>,
+    /// TLS-RPT (RFC 8460, B4): every TLS session and policy failure of a delivery
+    /// is counted for the daily report; `None`: not collected.
+    tls_rpt: Option<TlsRpt>,
 }
 
 impl std::fmt::Debug for Deliverer {
@@ -341,7 +345,42 @@ impl Deliverer {
             tls,
             helo,
             mta_sts: None,
+            tls_rpt: None,
         })
+    }
+
+    /// Count every delivery session for TLS-RPT.
+    pub fn with_tls_rpt(mut self, tls_rpt: TlsRpt) -> Deliverer {
+        self.tls_rpt = Some(tls_rpt);
+        self
+    }
+
+    /// Count one session (or a policy failure before any) for TLS-RPT (B4, F2).
+    fn rpt(
+        &self,
+        domain: &str,
+        policy: &PolicyApplied,
+        mx: &str,
+        ip: Option<IpAddr>,
+        failure: Option<(&'static str, String)>,
+    ) {
+        let Some(t) = &self.tls_rpt else {
+            return;
+        };
+        t.record(SessionResult {
+            at: now_secs(),
+            domain: domain.to_string(),
+            policy: policy.clone(),
+            mx_host: mx.to_string(),
+            receiving_ip: ip,
+            sending_ip: None,
+            receiving_helo: None,
+            failure: failure.map(|(result_type, info)| SessionFailure {
+                result_type,
+                additional_information: info,
+                failure_reason_code: None,
+            }),
+        });
     }
 
     /// Apply recipient domains' MTA-STS policies (E5-E7) from this service.
@@ -410,6 +449,19 @@ impl Deliverer {
             tracing::warn!(
                 queue_id = %req.id, domain = %req.domain, rpt = %rpt_result_type,
                 "MTA-STS policy unavailable ({reason}); delivering as without a policy"
+            );
+            // RFC 8460 section 4.3.2.3: the policy could not be had; counted as a
+            // failure of an (unknown) sts policy, before any session.
+            let policy = PolicyApplied::Sts {
+                policy_string: Vec::new(),
+                mx_patterns: Vec::new(),
+            };
+            self.rpt(
+                &req.domain,
+                &policy,
+                "",
+                None,
+                Some((rpt_result_type.as_str(), reason.clone())),
             );
         }
         lookup
@@ -549,6 +601,7 @@ impl Deliverer {
             let prep = prepare_host(host, route.mx_security, sts, tlsa).await;
             let facts = prep.facts(&req.domain, host, route.mx_security, req.level, dane_only);
             let auth = prep.auth.clone();
+            let rpt_policy = rpt_policy(&facts, &auth, sts);
             let plan = policy::plan(&facts);
             let problem = |reason: &str| {
                 policy::problem::of_plan(&facts, &plan).map(|kind| Problem {
@@ -570,6 +623,19 @@ impl Deliverer {
                     let mut attempt =
                         attempt_record(&host.mx, "", None, None, reason.clone(), Some(auth));
                     attempt.problem = problem(reason);
+                    if let Some(t) = attempt
+                        .problem
+                        .as_ref()
+                        .and_then(|p| p.kind.rpt_result_type())
+                    {
+                        self.rpt(
+                            &req.domain,
+                            &rpt_policy,
+                            &host.mx,
+                            None,
+                            Some((t, reason.clone())),
+                        );
+                    }
                     last = Some(HostFailure {
                         status: status.to_string(),
                         attempt,
@@ -580,14 +646,16 @@ impl Deliverer {
             };
             let ctx = prep.ctx(facts, use_dane);
             for ip in &host.addrs {
-                let mut end = self.session(req, &ctx, *ip, None).await;
+                let mut end = self.session(req, &ctx, *ip, None, &rpt_policy).await;
                 if let SessionEnd::RetryPlaintext(failure, tls_failure) = end {
                     tracing::info!(
                         queue_id = %req.id, mx = %host.mx, ip = %ip,
                         "TLS failed ({}); level may: retrying without TLS (RFC 7435)",
                         failure.attempt.reply
                     );
-                    end = self.session(req, &ctx, *ip, Some(tls_failure)).await;
+                    end = self
+                        .session(req, &ctx, *ip, Some(tls_failure), &rpt_policy)
+                        .await;
                 }
                 match end {
                     SessionEnd::Done(outcomes, attempt) => {
@@ -695,6 +763,7 @@ impl Deliverer {
         ctx: &HostCtx<'_>,
         ip: IpAddr,
         plaintext_retry: Option<TlsFailure>,
+        rpt_policy: &PolicyApplied,
     ) -> SessionEnd {
         let dial = Dial {
             log_id: req.id.as_str(),
@@ -703,20 +772,46 @@ impl Deliverer {
             profile: req.tls_profile,
         };
         let mut seen = Observed::default();
+        let mx = ctx.facts.host;
         let Ready {
             mut conn,
             caps,
             facts,
             verdict,
             auth,
+            rpt_failure,
         } = match self
             .negotiate(&dial, ctx, ip, plaintext_retry, &mut seen)
             .await
         {
             Ok(ready) => ready,
-            Err(end) => return end,
+            Err(end) => {
+                // A TLS policy failure is counted for TLS-RPT; a host that could
+                // not be reached at all had no TLS session to count.
+                if let SessionEnd::NextHost(f) | SessionEnd::RetryPlaintext(f, _) = &end {
+                    if let Some(p) = &f.attempt.problem {
+                        if let Some(t) = p.kind.rpt_result_type() {
+                            self.rpt(
+                                &req.domain,
+                                rpt_policy,
+                                mx,
+                                Some(ip),
+                                Some((t, p.detail.clone())),
+                            );
+                        }
+                    }
+                }
+                return end;
+            }
         };
-        let mx = ctx.facts.host;
+        // The session is good enough to send: a success for TLS-RPT, unless it was
+        // plaintext or an MTA-STS `testing` policy would have refused it (E6).
+        let failure = rpt_failure.or_else(|| {
+            facts
+                .is_none()
+                .then(|| ("starttls-not-supported", format!("{mx} offers no STARTTLS")))
+        });
+        self.rpt(&req.domain, rpt_policy, mx, Some(ip), failure);
         // G2: a REQUIRETLS message goes only to a host whose MX set is DNSSEC- or
         // MTA-STS-validated, whose certificate is verified, and which advertises
         // REQUIRETLS. Anything else is not tried further for this host (5.7.30).
@@ -956,12 +1051,25 @@ impl Deliverer {
         };
         let decision = policy::decide(&inputs);
         let problem = problem_of(&inputs, &decision, &seen.chain);
+        // E6: an MTA-STS `testing` failure does not stop the delivery; it is
+        // reported (TLS-RPT) with the category of what failed.
+        let rpt_failure = decision.report.as_ref().map(|report| {
+            tracing::warn!(id = log_id, mx, ip = %ip, "policy failure to report (TLS-RPT): {report}");
+            let kind = match &inputs.tls {
+                TlsOutcome::Established(Established { pkix: Err(e), .. }) => {
+                    policy::problem::of_tls_failure(e)
+                }
+                TlsOutcome::Established(_) => ProblemKind::StsMxNotListed,
+                _ => ProblemKind::StarttlsNotSupported,
+            };
+            (
+                kind.rpt_result_type().unwrap_or("validation-failure"),
+                report.clone(),
+            )
+        });
         seen.outcome = Some(inputs.tls);
         seen.decision = Some(decision.clone());
         seen.tls = facts.clone();
-        if let Some(report) = &decision.report {
-            tracing::warn!(id = log_id, mx, ip = %ip, "policy failure to report (TLS-RPT): {report}");
-        }
         let auth = evidence(ctx, &decision, dane_outcome.as_ref());
         let verdict = match decision.action {
             Action::Send => decision.verdict,
@@ -1032,6 +1140,7 @@ impl Deliverer {
             facts,
             verdict,
             auth,
+            rpt_failure,
         })
     }
 
@@ -1483,6 +1592,36 @@ async fn send_content(
     }
 }
 
+/// The policy that applies to a host, as TLS-RPT names it (RFC 8460 section
+/// 4.3): DANE when its TLSA records make TLS mandatory, else the domain's MTA-STS
+/// policy in enforce or testing mode, else none.
+fn rpt_policy(f: &HostFacts<'_>, auth: &AuthFacts, sts: &PolicyLookup) -> PolicyApplied {
+    if f.dane.tls_required() {
+        if let Some(t) = &auth.tlsa {
+            return PolicyApplied::Tlsa {
+                records: t.records.clone(),
+            };
+        }
+    }
+    match sts.policy() {
+        Some(p) if p.mode != mtasts::Mode::None => {
+            let mode = match p.mode {
+                mtasts::Mode::Enforce => "enforce",
+                mtasts::Mode::Testing => "testing",
+                mtasts::Mode::None => "none",
+            };
+            let mut lines = vec!["version: STSv1".to_string(), format!("mode: {mode}")];
+            lines.extend(p.mx.iter().map(|m| format!("mx: {m}")));
+            lines.push(format!("max_age: {}", p.max_age));
+            PolicyApplied::Sts {
+                policy_string: lines,
+                mx_patterns: p.mx.clone(),
+            }
+        }
+        _ => PolicyApplied::None,
+    }
+}
+
 /// What this session adds to the message on its way out (`[evidence]`).
 #[derive(Debug, Default)]
 struct Extras {
@@ -1725,6 +1864,8 @@ struct Ready {
     facts: Option<TlsFacts>,
     verdict: Option<TransportVerdict>,
     auth: AuthFacts,
+    /// A failure to report through TLS-RPT although the host may be used (E6).
+    rpt_failure: Option<(&'static str, String)>,
 }
 
 /// What a session showed up to the decision, whether or not it got that far

@@ -37,6 +37,7 @@ use crate::bounce::{self, Dsn, DsnKind, DsnOptions, Original};
 use crate::config::{ClassConfig, Config, LevelAction};
 use crate::control::ControlHandler;
 use crate::deliver::{DeliveryReport, DeliveryRequest, RcptOutcome, RcptRequest, Transport};
+use crate::evidence::{AttemptEvidence, EvidenceLog};
 use crate::spool::record::{
     now_secs, Attempt, ClientInfo, Envelope, Notify, QueueId, RcptState, Recipient, RiskClass,
     RECORD_VERSION,
@@ -117,6 +118,9 @@ struct Inner {
     schedule: RetrySchedule,
     state: Mutex<State>,
     wakeup: Wakeup,
+    /// The evidence log (A5): one record per attempt per recipient. Set once by
+    /// the daemon; unit tests of the scheduler run without it.
+    evidence: std::sync::OnceLock<EvidenceLog>,
 }
 
 /// A cheap, clonable handle on the queue, shared by the SMTP server, the scheduler
@@ -152,12 +156,20 @@ impl Queue {
                 config,
                 state: Mutex::new(state),
                 wakeup: Wakeup::new(),
+                evidence: std::sync::OnceLock::new(),
             }),
         }
     }
 
     pub fn config(&self) -> &Arc<Config> {
         &self.inner.config
+    }
+
+    /// Record every attempt in this evidence log from now on (A5).
+    pub fn set_evidence(&self, log: EvidenceLog) {
+        if self.inner.evidence.set(log).is_err() {
+            tracing::warn!("evidence log already set; keeping the first");
+        }
     }
 
     pub fn spool(&self) -> &Spool {
@@ -416,6 +428,7 @@ impl Queue {
     /// Record the outcome of an attempt, durably, then settle notices.
     async fn apply(&self, job: &Job, report: DeliveryReport, now: u64) {
         let cfg = self.inner.config.clone();
+        let mut evidence = Vec::new();
         let updated = {
             let mut st = self.lock();
             let Some(entry) = st.messages.get_mut(&job.id) else {
@@ -445,7 +458,9 @@ impl Queue {
                     expires,
                     &self.inner.schedule,
                 );
+                let r = &env.recipients[i];
                 if let Some(action) = grace_over(r, &class, env.received_at, now) {
+                    let r = &mut env.recipients[i];
                     apply_level_action(r, action, &job.requirement);
                     tracing::warn!(
                         queue_id = %env.id, to = %r.address, class = %job.requirement.class,
@@ -453,6 +468,10 @@ impl Queue {
                         "level not reached within the grace period: {}",
                         r.last.as_ref().map(|a| a.reply.as_str()).unwrap_or("")
                     );
+                }
+                let r = &env.recipients[i];
+                if let (Some(last), Some(_)) = (&r.last, self.inner.evidence.get()) {
+                    evidence.push(evidence_record(env, r, last, &job.requirement));
                 }
                 tracing::info!(
                     queue_id = %env.id,
@@ -469,6 +488,7 @@ impl Queue {
             }
             env.clone()
         };
+        self.record_evidence(&job.id, evidence).await;
         if updated.is_finished() {
             // Nothing left to record or notify: remove at once instead of writing
             // a final state first (saves two fsyncs per delivered message).
@@ -479,6 +499,29 @@ impl Queue {
         }
         // Deferred recipients have a new due time the sleeping scheduler must see.
         self.inner.wakeup.notify_one();
+    }
+
+    /// Append an attempt's evidence records (A5), off the async threads. A log that
+    /// cannot be written is an error for the admin, not a reason to hold mail back:
+    /// the message has already gone where the attempt took it.
+    async fn record_evidence(&self, id: &QueueId, records: Vec<AttemptEvidence>) {
+        let Some(log) = self.inner.evidence.get().cloned() else {
+            return;
+        };
+        if records.is_empty() {
+            return;
+        }
+        let res = tokio::task::spawn_blocking(move || {
+            records.into_iter().try_for_each(|rec| log.append(rec))
+        })
+        .await;
+        match res {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(queue_id = %id, error = %e, "cannot append to the evidence log")
+            }
+            Err(e) => tracing::error!(queue_id = %id, error = %e, "evidence task failed"),
+        }
     }
 
     /// Write the message's current state to the spool.
@@ -567,13 +610,16 @@ impl Queue {
         let succeeded: Vec<usize> = indices(&env, |r| {
             r.state == RcptState::Delivered && !r.final_notice_done
         });
+        // A4: a recipient held for its level: the sender is told once per hold.
+        let held: Vec<usize> =
+            indices(&env, |r| r.state == RcptState::Held && !r.final_notice_done);
         let delayed: Vec<usize> =
             if delay_after > 0 && now >= env.received_at.saturating_add(delay_after) {
                 indices(&env, |r| r.state == RcptState::Pending && !r.delay_notified)
             } else {
                 Vec::new()
             };
-        if failed.is_empty() && succeeded.is_empty() && delayed.is_empty() {
+        if failed.is_empty() && succeeded.is_empty() && delayed.is_empty() && held.is_empty() {
             if env.is_finished() {
                 self.finish(id).await;
             }
@@ -606,6 +652,7 @@ impl Queue {
             (DsnKind::Failure, &failed),
             (DsnKind::Success, &succeeded),
             (DsnKind::Delay, &delayed),
+            (DsnKind::Held, &held),
         ] {
             if set.is_empty() {
                 continue;
@@ -677,6 +724,26 @@ impl Queue {
             Err(e) => tracing::error!(queue_id = %id, error = %e, "spool task failed"),
         }
     }
+}
+
+/// The evidence record of one recipient's attempt, with the class that applied to
+/// it (a recipient-domain rule may have raised the message's) and the exception
+/// used, if any.
+fn evidence_record(
+    env: &Envelope,
+    r: &Recipient,
+    a: &Attempt,
+    req: &Requirement,
+) -> AttemptEvidence {
+    let mut rec = AttemptEvidence::from_attempt(env, r, a, req.level, req.exception.as_ref());
+    rec.class = req.class.to_string();
+    if let Some(why) = &req.raised_by {
+        rec.class_reasons.push(why.clone());
+    }
+    if let Some(e) = &req.exception {
+        tracing::info!(queue_id = %env.id, to = %r.address, exception = %e.id, approver = %e.approver, "exception used");
+    }
+    rec
 }
 
 /// Update one recipient from the outcome of an attempt.

@@ -46,15 +46,9 @@ pub fn requirement(cfg: &Config, env: &Envelope, address: &str, now: SystemTime)
     let mut raised_by = None;
     // A1: a per-recipient-domain rule (e.g. a contract that requires `verified`)
     // raises the class for this recipient; it never lowers it.
-    if let Some((&rule, name)) = cfg
-        .classify
-        .recipient_domains
-        .iter()
-        .find(|(d, _)| d.trim_end_matches('.').eq_ignore_ascii_case(&domain))
-        .map(|(d, c)| (c, d))
-    {
+    if let Some((rule, why)) = crate::classify::recipient_class(&cfg.classify, &domain) {
         if rule > class {
-            raised_by = Some(format!("recipient domain rule {name} -> {rule}"));
+            raised_by = Some(why);
             class = rule;
         }
     }

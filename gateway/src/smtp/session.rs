@@ -14,7 +14,8 @@ use super::auth::{self, SaslError};
 use super::data::{self, DataStream, Fed, TlsInfo, Trace};
 use super::io::{Conn, IoError, Line};
 use super::Shared;
-use crate::config::SmtpConfig;
+use crate::classify::HeaderFindings;
+use crate::config::{ClassifyConfig, SmtpConfig};
 use crate::queue::{IncomingMessage, SubmitError};
 use crate::spool::record::{
     now_secs, BodyType, ClientInfo, Envelope, Notify, QueueId, Recipient, Ret, RiskClass,
@@ -52,6 +53,8 @@ struct Sink {
     failed: Option<SubmitError>,
     /// The message's Message-ID, found or added.
     message_id: Option<String>,
+    /// What the header section says about the message's class (A1).
+    findings: HeaderFindings,
 }
 
 impl Sink {
@@ -70,7 +73,18 @@ impl Sink {
     /// field if it has none (RFC 5322 section 3.6.4: a message SHOULD have one; we
     /// add it so the evidence and the recipient can name the message), and the
     /// header section itself.
-    async fn head(&mut self, received: &str, added_id: &str, head: Vec<u8>) {
+    async fn head(
+        &mut self,
+        received: &str,
+        added_id: &str,
+        head: Vec<u8>,
+        classify: &ClassifyConfig,
+    ) {
+        // A1: the classification marks (subject tag, Sensitivity, Purview label,
+        // TLS-Required) are read here; a subject tag is removed before storing, so
+        // it never leaves the gateway.
+        let (head, findings) = crate::classify::scan_header(&head, classify);
+        self.findings = findings;
         let mut prefix = received.as_bytes().to_vec();
         self.message_id = match data::find_message_id(&head) {
             Some(id) if id.is_empty() => None,
@@ -615,7 +629,9 @@ impl Session {
             msg: Some(msg),
             failed: None,
             message_id: None,
+            findings: HeaderFindings::default(),
         };
+        let classify = self.shared.config.classify.clone();
         conn.push("354 End data with <CR><LF>.<CR><LF>");
         let deadline = Instant::now() + self.cfg().data_timeout;
         let max_line = self.cfg().max_line_length;
@@ -628,12 +644,12 @@ impl Session {
                     Fed::Held => {}
                     Fed::Body(body) => sink.write(body).await,
                     Fed::HeaderEnd(head, body) => {
-                        sink.head(&received, &added_id, head).await;
+                        sink.head(&received, &added_id, head, &classify).await;
                         sink.write(body).await;
                     }
                     Fed::End(head) => {
                         if let Some(head) = head {
-                            sink.head(&received, &added_id, head).await;
+                            sink.head(&received, &added_id, head, &classify).await;
                         }
                         break;
                     }
@@ -663,7 +679,11 @@ impl Session {
             return Flow::Continue;
         }
         match sink.msg.take() {
-            Some(msg) => self.queue_message(conn, tx, msg, sink.message_id).await,
+            Some(msg) => {
+                let findings = std::mem::take(&mut sink.findings);
+                self.queue_message(conn, tx, msg, sink.message_id, findings)
+                    .await
+            }
             None => {
                 let e = sink.failed.take().unwrap_or_else(|| {
                     SubmitError::Io("message content missing after the end of data".into())
@@ -723,8 +743,21 @@ impl Session {
         tx: Transaction,
         msg: IncomingMessage,
         message_id: Option<String>,
+        findings: HeaderFindings,
     ) -> Flow {
         let id = tx.id.clone();
+        let cfg = &self.shared.config.classify;
+        let class = crate::classify::classify(cfg, &tx.sender, tx.requiretls, &findings);
+        // G3: `TLS-Required: No` only where the admin allows it; REQUIRETLS wins
+        // over it (RFC 8689 section 5); the class limit is applied per recipient
+        // when the message is delivered (a recipient-domain rule may raise it).
+        let tls_optional = findings.tls_required_no
+            && cfg.honour_tls_required_no
+            && !tx.requiretls
+            && class.class <= RiskClass::Normal;
+        if findings.tls_required_no && !tls_optional {
+            tracing::info!(queue_id = %id, class = %class.class, "TLS-Required: No not honoured (not allowed by [classify] honour_tls_required_no, REQUIRETLS, or class above normal)");
+        }
         let env = Envelope {
             record_version: RECORD_VERSION,
             id: tx.id,
@@ -736,9 +769,9 @@ impl Session {
             smtputf8: tx.smtputf8,
             requiretls: tx.requiretls,
             size: msg.len(),
-            class: RiskClass::Normal,
-            class_reasons: Vec::new(),
-            tls_optional: false,
+            class: class.class,
+            class_reasons: class.reasons.clone(),
+            tls_optional,
             expires_at: None,
             client: ClientInfo {
                 addr: self.ip.to_string(),
@@ -752,7 +785,7 @@ impl Session {
         match self.shared.queue.commit(msg, env).await {
             Ok(()) => {
                 self.accepted += 1;
-                tracing::info!(queue_id = %id, client = %self.ip, message_id = message_id.as_deref().unwrap_or(""), "message accepted");
+                tracing::info!(queue_id = %id, client = %self.ip, message_id = message_id.as_deref().unwrap_or(""), class = %class.class, reasons = %class.reasons.join("; "), "message accepted");
                 conn.push(&format!("250 2.0.0 Ok: queued as {id}"));
             }
             Err(e) => self.spool_refused(conn, &id, &e),

@@ -13,11 +13,13 @@ use qrelay::config::Config;
 use qrelay::control::{self, ControlHandler, DnssecReport, QueueCounts, StatusReport};
 use qrelay::deliver::client::Deliverer;
 use qrelay::dns::DnssecStatus;
+use qrelay::evidence::EvidenceLog;
 use qrelay::mtasts::MtaSts;
 use qrelay::queue::Queue;
 use qrelay::spool::record::{Envelope, QueueId};
 use qrelay::spool::Spool;
 use qrelay::system;
+use qrelay::tlsrpt::TlsRpt;
 
 /// How long shutdown waits for SMTP sessions and the scheduler to wind down.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -26,6 +28,9 @@ pub async fn run(config: Config) -> Result<()> {
     // Spool files hold mail: never readable by other users.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o027));
     let config = Arc::new(config);
+    for w in config.warnings(std::time::SystemTime::now()) {
+        tracing::warn!("configuration: {w}");
+    }
     let data = &config.spool.dir;
     std::fs::create_dir_all(data)
         .with_context(|| format!("cannot create data directory {}", data.display()))?;
@@ -41,6 +46,18 @@ pub async fn run(config: Config) -> Result<()> {
         "spool recovered"
     );
     let queue = Queue::new(spool, config.clone(), recovery.envelopes);
+    // A5: every attempt goes into the hash-chained, signed evidence log. A log
+    // whose chain does not verify stops the start: continuing it would hide the
+    // tampering behind new, validly signed records.
+    let evidence_dir = data.join("evidence");
+    let evidence = EvidenceLog::open(&evidence_dir).with_context(|| {
+        format!(
+            "cannot open the evidence log in {} (check it with `qrelay evidence verify`)",
+            evidence_dir.display()
+        )
+    })?;
+    tracing::info!(key = %evidence.public_key_fingerprint(), dir = %evidence_dir.display(), "evidence log open");
+    queue.set_evidence(evidence.clone());
 
     let tls = qrelay::tls::server::load_or_generate(&config)
         .context("cannot set up the inbound TLS certificate")?;
@@ -68,9 +85,29 @@ pub async fn run(config: Config) -> Result<()> {
     );
     let sts_refresher = mta_sts.spawn_refresher();
     let deliverer = deliverer.with_mta_sts(mta_sts);
+    // TLS-RPT (B4): sessions are counted per recipient domain and UTC day, kept
+    // across restarts, and reported daily to domains that publish `_smtp._tls`.
+    let tls_rpt = if config.tls_rpt.enabled {
+        let dir = TlsRpt::dir_in(data);
+        Some(
+            TlsRpt::open(config.clone(), &dir, deliverer.resolver().clone())
+                .with_context(|| format!("cannot set up TLS-RPT in {}", dir.display()))?,
+        )
+    } else {
+        None
+    };
+    let deliverer = match &tls_rpt {
+        Some(t) => deliverer.with_tls_rpt(t.clone()),
+        None => deliverer,
+    };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    // Signs the chain head periodically, and once more when told to stop: after
+    // the scheduler has finished, so the last attempts' records are signed too.
+    let (evidence_stop, evidence_stop_rx) = watch::channel(false);
+    let evidence_signer =
+        tokio::spawn(evidence.run(config.evidence.sign_interval, evidence_stop_rx));
 
     let server = qrelay::smtp::Server::new(config.clone(), queue.clone(), tls);
     for addr in &config.smtp.listen {
@@ -86,6 +123,7 @@ pub async fn run(config: Config) -> Result<()> {
     let socket = config.control_socket();
     let handler: Arc<dyn ControlHandler> = Arc::new(DaemonControl {
         queue: queue.clone(),
+        tls_rpt: tls_rpt.clone(),
         dnssec: dnssec_status.clone(),
         upstreams: deliverer_upstreams,
         started_at: qrelay::spool::record::now_secs(),
@@ -101,6 +139,9 @@ pub async fn run(config: Config) -> Result<()> {
     }
 
     let scheduler = tokio::spawn(queue.clone().run(Arc::new(deliverer), stop_rx.clone()));
+    if let Some(t) = tls_rpt {
+        tasks.spawn(t.run(queue.clone(), stop_rx.clone()));
+    }
 
     system::notify_ready();
     system::notify_status(&format!("{} messages queued", queue.len()));
@@ -131,6 +172,8 @@ pub async fn run(config: Config) -> Result<()> {
     if tokio::time::timeout(STOP_TIMEOUT, wind_down).await.is_err() {
         tracing::warn!("shutdown timed out; unfinished work stays queued");
     }
+    let _ = evidence_stop.send(true);
+    let _ = evidence_signer.await;
     let _ = std::fs::remove_file(&socket);
     tracing::info!("stopped");
     Ok(())
@@ -140,6 +183,7 @@ pub async fn run(config: Config) -> Result<()> {
 /// the daemon knows (its start time, the DNSSEC probe).
 struct DaemonControl {
     queue: Queue,
+    tls_rpt: Option<TlsRpt>,
     dnssec: DnssecStatus,
     upstreams: String,
     started_at: u64,
@@ -160,6 +204,12 @@ impl ControlHandler for DaemonControl {
     }
     fn release(&self, id: &QueueId) -> Option<usize> {
         self.queue.release(id)
+    }
+    fn tls_rpt_send(&self, day: &str) -> Result<String, String> {
+        match &self.tls_rpt {
+            Some(t) => t.control_send(day, &self.queue),
+            None => Err("TLS-RPT is disabled ([tls_rpt] enabled = false)".into()),
+        }
     }
     fn counts(&self) -> QueueCounts {
         self.queue.counts()

@@ -6,6 +6,8 @@
 //! - `qrelay mta-sts purge DOMAIN`
 //! - `qrelay check DOMAIN [--json] [--class NAME]`: what delivery to a domain would get
 //! - `qrelay status`: the running relay's version, uptime, queue and DNSSEC health
+//! - `qrelay tls-rpt send [--day YYYY-MM-DD]`: send a day's TLS-RPT reports now
+//! - `qrelay evidence verify | export`: check and export the evidence log (A5)
 
 mod daemon;
 
@@ -61,6 +63,52 @@ enum Command {
     },
     /// The running relay: version, uptime, queue counts, DNSSEC health.
     Status,
+    /// TLS-RPT reports (RFC 8460) of the running relay.
+    #[command(subcommand)]
+    TlsRpt(TlsRptCmd),
+    /// The tamper-evident evidence log in <spool.dir>/evidence (standards.md A5).
+    /// Reads only; safe while the relay runs.
+    #[command(subcommand)]
+    Evidence(EvidenceCmd),
+}
+
+#[derive(Subcommand)]
+enum EvidenceCmd {
+    /// Check the whole log: every record, hash link and checkpoint signature, the
+    /// device key and the signed head. Exit status 0 and a summary when intact,
+    /// 1 and what is wrong (which record) otherwise.
+    Verify {
+        /// The device key fingerprint (hex SHA-256) noted earlier; the log must be
+        /// signed by that key.
+        #[arg(long, value_name = "HEX")]
+        expect_key: Option<String>,
+    },
+    /// Write the delivery attempts of a time range, after verifying the log.
+    Export {
+        /// First day (YYYY-MM-DD, UTC) or time (RFC 3339).
+        #[arg(long, value_name = "DATE")]
+        from: String,
+        /// Last day or time, inclusive.
+        #[arg(long, value_name = "DATE")]
+        to: String,
+        /// csv or json.
+        #[arg(long)]
+        format: qrelay::evidence::ExportFormat,
+        /// Write to this file instead of standard output.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TlsRptCmd {
+    /// Send the reports of one UTC day now (they are sent after midnight anyway);
+    /// for the current day, what was counted so far.
+    Send {
+        /// The UTC day (YYYY-MM-DD); default: today.
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        day: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -133,7 +181,10 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Config(ConfigCmd::Check { file }) => {
-            Config::load(&file)?;
+            let cfg = Config::load(&file)?;
+            for w in cfg.warnings(std::time::SystemTime::now()) {
+                println!("{}: warning: {w}", file.display());
+            }
             println!("{}: ok", file.display());
             Ok(())
         }
@@ -170,6 +221,23 @@ fn run(cli: Cli) -> Result<()> {
             let config = load_config(cli.config.as_deref())?;
             check_command(config, &domain, json, class.as_deref())
         }
+        Command::Evidence(cmd) => {
+            let config = load_config(cli.config.as_deref())?;
+            evidence_command(&config, cmd)
+        }
+        Command::TlsRpt(TlsRptCmd::Send { day }) => {
+            let config = load_config(cli.config.as_deref())?;
+            let day = day.unwrap_or_else(|| qrelay::tlsrpt::utc_day(now_secs()));
+            if qrelay::tlsrpt::day_start(&day).is_none() {
+                bail!("`{day}` is not a day in the form YYYY-MM-DD");
+            }
+            match control_call(&config.control_socket(), ControlCommand::TlsRptSend { day })? {
+                Response::Done(msg) => println!("{msg}"),
+                Response::Error(msg) => bail!("{msg}"),
+                other => bail!("unexpected answer from the relay: {other:?}"),
+            }
+            Ok(())
+        }
         Command::Status => {
             let config = load_config(cli.config.as_deref())?;
             let socket = config.control_socket();
@@ -183,6 +251,53 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
     }
+}
+
+fn evidence_command(config: &Config, cmd: EvidenceCmd) -> Result<()> {
+    use qrelay::evidence;
+    let dir = config.spool.dir.join("evidence");
+    match cmd {
+        EvidenceCmd::Verify { expect_key } => {
+            let report = evidence::verify(&dir, expect_key.as_deref())
+                .with_context(|| format!("evidence log {}: NOT intact", dir.display()))?;
+            print!("{report}");
+        }
+        EvidenceCmd::Export {
+            from,
+            to,
+            format,
+            output,
+        } => {
+            let from = evidence::parse_bound(&from, false)?;
+            let to = evidence::parse_bound(&to, true)?;
+            let count = match &output {
+                Some(path) => {
+                    let file = std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?;
+                    let mut out = std::io::BufWriter::new(file);
+                    let result = evidence::export(&dir, from, to, format, &mut out)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|n| {
+                            let file = out.into_inner().map_err(|e| e.into_error())?;
+                            file.sync_all()?;
+                            Ok(n)
+                        });
+                    if result.is_err() {
+                        // No half an export that looks like a whole one.
+                        let _ = std::fs::remove_file(path);
+                    }
+                    result.with_context(|| format!("evidence log {}", dir.display()))?
+                }
+                None => {
+                    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                    evidence::export(&dir, from, to, format, &mut out)
+                        .with_context(|| format!("evidence log {}", dir.display()))?
+                }
+            };
+            eprintln!("{count} delivery attempts exported");
+        }
+    }
+    Ok(())
 }
 
 /// Exit status of `qrelay check` when the domain could not be checked at all.
