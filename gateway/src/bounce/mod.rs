@@ -772,10 +772,7 @@ fn notices(
         "Da die Nachricht mit REQUIRETLS verschickt wurde, liegen dieser Benachrichtigung nur ihre Kopfzeilen bei, nicht ihr Inhalt.",
     );
 
-    out.push_str(
-        "--- Deutsch ---
-",
-    );
+    out.push_str("--- Deutsch ---\r\n");
     for (addr, e) in &explained {
         mime::wrap(out, "", &format!("Empfänger <{addr}>:"), 72);
         mime::wrap(out, IND, &e.de, 72 - IND.len());

@@ -209,7 +209,7 @@ pub struct ClassifyConfig {
     /// The class of a message submitted with REQUIRETLS (RFC 8689). The REQUIRETLS
     /// rules of G2 apply to it on top of the class.
     pub requiretls: RiskClass,
-    /// Honour a `TLS-Required: No` header (RFC 8689 section 5: deliver even without
+    /// Honour a `TLS-Required: No` header (RFC 8689 section 3: deliver even without
     /// TLS, ignoring DANE and MTA-STS) for messages of class `none` and `normal`.
     /// Never for `high` or `secret` (G3).
     pub honour_tls_required_no: bool,

@@ -408,7 +408,7 @@ impl Deliverer {
             }
         };
         if req.tls_optional {
-            // RFC 8689 section 5 / RFC 8460 section 3: the recipient's DANE and
+            // RFC 8689 section 3 / RFC 8460 section 3: the recipient's DANE and
             // MTA-STS policies are not applied (TLS is still used when offered).
             tracing::info!(queue_id = %req.id, domain = %req.domain, "TLS-Required: No: DANE and MTA-STS not applied");
             let no_tlsa = HashMap::new();

@@ -85,7 +85,7 @@ pub struct DeliveryRequest {
     /// REQUIRETLS; passed on in MAIL FROM; otherwise 5.7.30.
     pub requiretls: bool,
     /// Deliver without applying DANE or MTA-STS (`TLS-Required: No` honoured, or a
-    /// TLS-RPT report: RFC 8689 section 5, RFC 8460 section 3). `level` is `may`.
+    /// TLS-RPT report: RFC 8689 section 3, RFC 8460 section 3). `level` is `may`.
     pub tls_optional: bool,
     /// The message, read in pieces while DATA is sent (see the module docs).
     pub content: Arc<dyn ContentSource>,

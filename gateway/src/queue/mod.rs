@@ -658,11 +658,16 @@ impl Queue {
                 continue;
             }
             let rcpts: Vec<&Recipient> = set.iter().map(|&i| &env.recipients[i]).collect();
+            // The notice names the level the (first) recipient needed: its class,
+            // raised by a recipient-domain rule or lowered by an exception.
+            let level =
+                requirement(&cfg, &env, &rcpts[0].address, std::time::SystemTime::now()).level;
             let opts = DsnOptions {
                 retry_until: Some(
                     env.received_at
                         .saturating_add(cfg.delivery.queue_lifetime.as_secs()),
                 ),
+                level: Some(level),
                 ..DsnOptions::default()
             };
             if let Some(dsn) =

@@ -749,7 +749,7 @@ impl Session {
         let cfg = &self.shared.config.classify;
         let class = crate::classify::classify(cfg, &tx.sender, tx.requiretls, &findings);
         // G3: `TLS-Required: No` only where the admin allows it; REQUIRETLS wins
-        // over it (RFC 8689 section 5); the class limit is applied per recipient
+        // over it (RFC 8689 section 4.2.2); the class limit is applied per recipient
         // when the message is delivered (a recipient-domain rule may raise it).
         let tls_optional = findings.tls_required_no
             && cfg.honour_tls_required_no

@@ -439,7 +439,7 @@ pub struct Envelope {
     /// "subject tag [vertraulich]" (recorded in the evidence).
     pub class_reasons: Vec<String>,
     /// The sender asked with `TLS-Required: No` to deliver even without TLS and an
-    /// admin rule allows it (RFC 8689 section 5, G3); also set for TLS-RPT report
+    /// admin rule allows it (RFC 8689 section 3, G3); also set for TLS-RPT report
     /// mails, which must not enforce DANE or MTA-STS (RFC 8460 section 3).
     pub tls_optional: bool,
     /// Give up delivering at this time (Unix seconds) instead of after the queue
