@@ -60,6 +60,14 @@ fn a5_evidence_log_verifies_exports_every_field_and_detects_tampering() {
     relay
         .wait_queue(|list| !list.contains(&id), ARRIVE)
         .unwrap();
+    // `qrelay status` names the signing key an auditor notes down.
+    let status = relay.cli_ok(&["status"]).unwrap();
+    let status_key = status
+        .lines()
+        .find_map(|l| l.strip_prefix("evidence log key: "))
+        .unwrap_or_else(|| panic!("no evidence key in `qrelay status`:\n{status}"))
+        .trim()
+        .to_string();
     // A clean stop signs everything recorded.
     relay.stop();
 
@@ -72,6 +80,10 @@ fn a5_evidence_log_verifies_exports_every_field_and_detects_tampering() {
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("no device key in the report:\n{report}"))
         .to_string();
+    assert_eq!(
+        status_key, fingerprint,
+        "status and verify name the same key"
+    );
     relay
         .cli_ok(&["evidence", "verify", "--expect-key", &fingerprint])
         .unwrap();

@@ -447,6 +447,9 @@ pub fn format_status(s: &StatusReport) -> String {
         DnssecState::NotReported => "DNSSEC: not reported by the relay".to_string(),
     };
     let _ = writeln!(out, "{line}");
+    if !s.evidence_key.is_empty() {
+        let _ = writeln!(out, "evidence log key: {}", safe(&s.evidence_key));
+    }
     out
 }
 

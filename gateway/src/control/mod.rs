@@ -133,6 +133,7 @@ pub trait ControlHandler: Send + Sync + 'static {
                 upstreams: String::new(),
                 state: DnssecState::NotReported,
             },
+            evidence_key: String::new(),
         }
     }
 }

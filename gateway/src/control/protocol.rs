@@ -83,6 +83,9 @@ pub struct StatusReport {
     pub now: u64,
     pub queue: QueueCounts,
     pub dnssec: DnssecReport,
+    /// SHA-256 of the evidence log's signing key (hex), for an auditor to note and
+    /// check with `qrelay evidence verify --expect-key`; empty when not known.
+    pub evidence_key: String,
 }
 
 /// Messages and recipients in the queue.

@@ -120,9 +120,12 @@ impl ControlHandler for TestHandler {
     }
     fn release(&self, id: &QueueId) -> Option<usize> {
         let envs = self.envs.lock().expect("lock");
-        envs.iter()
-            .find(|e| &e.id == id)
-            .map(|e| e.recipients.iter().filter(|r| r.state == RcptState::Held).count())
+        envs.iter().find(|e| &e.id == id).map(|e| {
+            e.recipients
+                .iter()
+                .filter(|r| r.state == RcptState::Held)
+                .count()
+        })
     }
     fn delete(&self, id: &QueueId) -> Result<bool, String> {
         if id.as_str() == "FFFFFFFFFFFFFFFF" {
@@ -584,8 +587,10 @@ fn status_format_names_the_dnssec_problem_and_the_upstreams() {
                 checked_at: NOW - 120,
             },
         },
+        evidence_key: "ab12".into(),
     };
     let text = format_status(&report);
+    assert!(text.contains("evidence log key: ab12"), "{text}");
     assert!(text.contains("qrelay 1.2.3"), "{text}");
     assert!(text.contains("up 1h 5m"), "{text}");
     assert!(

@@ -106,8 +106,11 @@ pub async fn run(config: Config) -> Result<()> {
     // Signs the chain head periodically, and once more when told to stop: after
     // the scheduler has finished, so the last attempts' records are signed too.
     let (evidence_stop, evidence_stop_rx) = watch::channel(false);
-    let evidence_signer =
-        tokio::spawn(evidence.run(config.evidence.sign_interval, evidence_stop_rx));
+    let evidence_signer = tokio::spawn(
+        evidence
+            .clone()
+            .run(config.evidence.sign_interval, evidence_stop_rx),
+    );
 
     let server = qrelay::smtp::Server::new(config.clone(), queue.clone(), tls);
     for addr in &config.smtp.listen {
@@ -123,6 +126,7 @@ pub async fn run(config: Config) -> Result<()> {
     let socket = config.control_socket();
     let handler: Arc<dyn ControlHandler> = Arc::new(DaemonControl {
         queue: queue.clone(),
+        evidence_key: evidence.public_key_fingerprint(),
         tls_rpt: tls_rpt.clone(),
         dnssec: dnssec_status.clone(),
         upstreams: deliverer_upstreams,
@@ -183,6 +187,7 @@ pub async fn run(config: Config) -> Result<()> {
 /// the daemon knows (its start time, the DNSSEC probe).
 struct DaemonControl {
     queue: Queue,
+    evidence_key: String,
     tls_rpt: Option<TlsRpt>,
     dnssec: DnssecStatus,
     upstreams: String,
@@ -221,6 +226,7 @@ impl ControlHandler for DaemonControl {
             now: qrelay::spool::record::now_secs(),
             queue: self.counts(),
             dnssec: DnssecReport::from_health(self.upstreams.clone(), &self.dnssec.get()),
+            evidence_key: self.evidence_key.clone(),
         }
     }
 }

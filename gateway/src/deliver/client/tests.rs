@@ -2070,3 +2070,58 @@ async fn dnssec_unavailable_delivers_unvalidated_up_to_trusted_and_says_why_not_
         "only the `encrypted` message was sent"
     );
 }
+
+#[test]
+fn a5_transport_header_names_verdict_mechanism_and_tls() {
+    let auth = AuthFacts {
+        mechanism: Mechanism::DaneEe,
+        ..AuthFacts::default()
+    };
+    let tls = TlsFacts {
+        version: "TLSv1.3".into(),
+        cipher: "TLS13_AES_256_GCM_SHA384".into(),
+        group: Some("X25519MLKEM768".into()),
+        peer_cert_sha256: None,
+        peer_spki_sha256: None,
+        pkix_verified: false,
+        profile: "modern".into(),
+        peer_key_type: None,
+        peer_key_bits: None,
+    };
+    let h = super::transport_header(
+        Some(TransportVerdict::Verified),
+        &auth,
+        Some(&tls),
+        "mx1.example.org\r\nBcc: evil@example.org",
+    );
+    assert_eq!(
+        h,
+        "X-Qrelay-Transport: verified dane-ee TLSv1.3 TLS13_AES_256_GCM_SHA384 X25519MLKEM768 mx=mx1.example.orgBcc:evilexample.org\r\n"
+    );
+    assert_eq!(
+        h.matches("\r\n").count(),
+        1,
+        "one header line, no injection"
+    );
+    let plain = super::transport_header(None, &AuthFacts::default(), None, "mx");
+    assert_eq!(plain, "X-Qrelay-Transport: plaintext none mx=mx\r\n");
+}
+
+#[test]
+fn a5_subject_mark_goes_in_front_of_the_subject_only_in_the_header() {
+    let msg = b"From: a@b\r\nSubject: Quarterly figures\r\nTo: c@d\r\n\r\nSubject: in the body\r\n";
+    let marked = super::mark_subject(msg, "[verified]");
+    assert_eq!(
+        String::from_utf8(marked).unwrap(),
+        "From: a@b\r\nSubject: [verified] Quarterly figures\r\nTo: c@d\r\n\r\nSubject: in the body\r\n"
+    );
+    // No Subject in the header section: unchanged, also when the body has one.
+    let none = b"From: a@b\r\n\r\nSubject: body\r\n";
+    assert_eq!(super::mark_subject(none, "[verified]"), none.to_vec());
+    // Case-insensitive field name, no space after the colon.
+    let odd = b"subject:x\r\n\r\n";
+    assert_eq!(
+        super::mark_subject(odd, "[v] "),
+        b"subject:[v] x\r\n\r\n".to_vec()
+    );
+}
