@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use qrelay_tests::json::Json;
 use qrelay_tests::relay::assert_never_arrives;
-use qrelay_tests::{token, Infra, Mx, Relay};
+use qrelay_tests::{swaks, token, Infra, Mx, Relay};
 
 const ARRIVE: Duration = Duration::from_secs(60);
 
@@ -265,4 +265,63 @@ fn a4_no_exception_lowers_secret() {
         Duration::from_secs(3),
     );
     relay.cli_ok(&["queue", "delete", &id]).unwrap();
+}
+
+/// Send `to` a message with `TLS-Required: No` from `from`; returns the queue id.
+fn send_tls_optional(relay: &Relay, from: &str, to: &str, subject: &str) -> String {
+    let t = swaks(
+        relay.listen,
+        from,
+        to,
+        subject,
+        &["--add-header", "TLS-Required: No"],
+    )
+    .unwrap();
+    qrelay_tests::relay::queued_id(&t).unwrap_or_else(|| panic!("not queued:\n{t}"))
+}
+
+#[test]
+fn g3_tls_required_no_only_where_allowed_and_never_for_high() {
+    // mx-plain offers no STARTTLS: only a message that may go without TLS gets there.
+    let plain = Infra::get().mailbox(Mx::Plain);
+
+    // Not allowed by the admin: the header changes nothing (normal = encrypted).
+    let relay = Relay::start(SENDERS).unwrap();
+    let tok = token("tlsreq-refused");
+    let id = send_tls_optional(
+        &relay,
+        "sender@lan.test",
+        &format!("{tok}@plain.example.test"),
+        &tok,
+    );
+    relay
+        .wait_pending_with_reason(&id, &["STARTTLS"], ARRIVE)
+        .unwrap();
+    assert_never_arrives(&plain, &tok, Duration::from_secs(3));
+    drop(relay);
+
+    // Allowed: a normal message goes, in plaintext if it must; a high one never.
+    let relay = Relay::start(&format!(
+        "{SENDERS}\n[classify]\nhonour_tls_required_no = true\n"
+    ))
+    .unwrap();
+    let tok = token("tlsreq-ok");
+    send_tls_optional(
+        &relay,
+        "sender@lan.test",
+        &format!("{tok}@plain.example.test"),
+        &tok,
+    );
+    plain.wait_for_token(&tok, ARRIVE).unwrap();
+    let show_tok = token("tlsreq-high");
+    let id = send_tls_optional(
+        &relay,
+        "boss@lan.test",
+        &format!("{show_tok}@plain.example.test"),
+        &show_tok,
+    );
+    relay
+        .wait_pending_with_reason(&id, &["STARTTLS"], ARRIVE)
+        .unwrap();
+    assert_never_arrives(&plain, &show_tok, Duration::from_secs(3));
 }

@@ -138,12 +138,16 @@ pub enum TlsaSource<'a> {
     Dns(&'a Resolver),
     /// Answers by query name (`_25._tcp.<host>.`); a missing name is a failed lookup.
     Fixed(&'a HashMap<String, TlsaAnswer>),
+    /// DANE does not apply to this delivery (`TLS-Required: No`, TLS-RPT reports):
+    /// every host is treated as having no TLSA records, without a lookup.
+    NotApplied,
 }
 
 impl TlsaSource<'_> {
     async fn answer(&self, qname: &str) -> TlsaAnswer {
         match self {
             TlsaSource::Dns(resolver) => resolver.resolve_tlsa(qname).await,
+            TlsaSource::NotApplied => TlsaAnswer::Insecure,
             TlsaSource::Fixed(table) => {
                 table
                     .get(qname)
@@ -411,14 +415,8 @@ impl Deliverer {
             // RFC 8689 section 3 / RFC 8460 section 3: the recipient's DANE and
             // MTA-STS policies are not applied (TLS is still used when offered).
             tracing::info!(queue_id = %req.id, domain = %req.domain, "TLS-Required: No: DANE and MTA-STS not applied");
-            let no_tlsa = HashMap::new();
             let report = self
-                .deliver_route(
-                    &req,
-                    &route,
-                    &PolicyLookup::None,
-                    TlsaSource::Fixed(&no_tlsa),
-                )
+                .deliver_route(&req, &route, &PolicyLookup::None, TlsaSource::NotApplied)
                 .await;
             log_attempt(&req, &report);
             return report;
