@@ -105,7 +105,7 @@ pub const BENCH_DOWN_IP: &str = "127.0.40.9";
 /// Bump when anything generated below changes: a running infrastructure with
 /// another generation is torn down and rebuilt.
 const GENERATION: &str =
-    "qrelay-test-infra v5 (DANE, MTA-STS and TLS scenario MXes, nginx policy host, REQUIRETLS peer and TLS-RPT records)";
+    "qrelay-test-infra v5 (DANE, MTA-STS and TLS scenario MXes, nginx policy host, REQUIRETLS peer and TLS-RPT records, rpt-fail)";
 
 /// Domains every receiving MX accepts mail for.
 pub const MAIL_DOMAINS: &[&str] = &[
@@ -1456,6 +1456,8 @@ pub fn test_zones() -> Vec<Zone> {
             "rpt-mail MX 10 mx-ca",
             "rpt-https MX 10 mx-ca",
             "rpt-dane MX 10 mx-dane-ee",
+            // Its only MX presents an expired certificate: failures to report.
+            "rpt-fail MX 10 mx-expired",
         ]
         .iter()
         .map(|s| s.to_string()),
@@ -1464,10 +1466,11 @@ pub fn test_zones() -> Vec<Zone> {
     for (domain, rua) in TLSRPT_DOMAINS {
         example.push(format!("_smtp._tls.{domain} TXT \"v=TLSRPTv1; rua={rua}\""));
     }
+    example
+        .push("_smtp._tls.rpt-fail TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@ca.example.test\"".into());
     // A DANE domain with a TLS-RPT policy (policy-type tlsa), reporting by mail.
-    example.push(
-        "_smtp._tls.rpt-dane TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@ca.example.test\"".into(),
-    );
+    example
+        .push("_smtp._tls.rpt-dane TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@ca.example.test\"".into());
     let lan = ["@ MX 10 mx", "mx A 127.0.20.4", "mail A 127.0.30.1"]
         .iter()
         .map(|s| s.to_string())

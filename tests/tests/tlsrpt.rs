@@ -246,8 +246,10 @@ fn b4_f3_reports_arrive_by_mail_and_https() {
     let infra = Infra::get();
     let endpoint = Endpoint::start(&infra.certs()).expect("HTTPS endpoint");
     let org = token("rpt-org");
+    // Level verified: mx-expired (rpt-fail) cannot carry mail, a failure to report.
     let relay = Relay::start(&format!(
-        "[tls_rpt]\nenabled = true\nhttps_port = {}\norganization_name = \"{org}\"\n",
+        "[tls_rpt]\nenabled = true\nhttps_port = {}\norganization_name = \"{org}\"\n\
+         [class.normal]\nlevel = \"verified\"\n",
         endpoint.port
     ))
     .unwrap();
@@ -261,6 +263,19 @@ fn b4_f3_reports_arrive_by_mail_and_https() {
     relay
         .wait_queue(|q| !q.contains("rpt-"), ARRIVE)
         .expect("the messages leave the queue");
+    // F2: a session that fails the policy (the expired certificate) is counted as
+    // a failure with its result type.
+    let fail_tok = token("rpt-fail");
+    let fail_id = relay
+        .swaks(
+            "sender@lan.test",
+            &format!("{fail_tok}@rpt-fail.example.test"),
+            &fail_tok,
+        )
+        .unwrap();
+    relay
+        .wait_pending_with_reason(&fail_id, &["expired"], ARRIVE)
+        .unwrap();
 
     let out = relay.cli_ok(&["tls-rpt", "send"]).unwrap();
     assert!(
@@ -270,6 +285,10 @@ fn b4_f3_reports_arrive_by_mail_and_https() {
     );
     assert!(
         out.contains("rpt-dane.example.test -> mailto:tlsrpt@ca.example.test: queued as"),
+        "{out}"
+    );
+    assert!(
+        out.contains("rpt-fail.example.test -> mailto:tlsrpt@ca.example.test: queued as"),
         "{out}"
     );
     assert!(
@@ -328,6 +347,26 @@ fn b4_f3_reports_arrive_by_mail_and_https() {
         let types = check_report(&report, &org, domain);
         assert!(types.iter().any(|t| t == want_type), "{domain}: {types:?}");
     }
+
+    // The failure: no success, a certificate-expired detail naming the MX.
+    let m = wait_report_mail(&org, "rpt-fail.example.test");
+    let (_, report) = report_attachment(&m).unwrap();
+    let policy = &report.get("policies").as_array()[0];
+    assert!(
+        matches!(policy.get("summary").get("total-failure-session-count"), Json::Num(n) if *n >= 1.0),
+        "{report:?}"
+    );
+    let details = policy.get("failure-details").as_array();
+    let expired = details
+        .iter()
+        .find(|d| d.get("result-type").as_str() == Some("certificate-expired"))
+        .unwrap_or_else(|| panic!("no certificate-expired detail: {report:?}"));
+    assert_eq!(
+        expired.get("receiving-mx-hostname").as_str(),
+        Some("mx-expired.example.test")
+    );
+    assert_eq!(expired.get("receiving-ip").as_str(), Some("127.0.20.13"));
+    relay.cli_ok(&["queue", "delete", &fail_id]).unwrap();
 
     // Sent means gone: a second send right away has nothing for these domains.
     let again = relay.cli_ok(&["tls-rpt", "send"]).unwrap();
