@@ -12,7 +12,13 @@
 //! - [`tls`]: rustls configurations for the inbound server and outbound client.
 //! - [`mtasts`]: MTA-STS (RFC 8461): recipient domains' HTTPS-published MX policies, cached.
 //! - [`policy`]: what transport a recipient gets, decided in one place.
-//! - [`bounce`]: delivery status notifications (Postfix: bounce).
+//! - [`classify`]: a message's risk class (DSK guidance) from its sender, header
+//!   marks and REQUIRETLS; the recipient-domain rules.
+//! - [`evidence`]: the tamper-evident, signed log of every delivery attempt.
+//! - [`tlsrpt`]: TLS-RPT (RFC 8460): daily reports to recipient domains.
+//! - [`check`]: `qrelay check DOMAIN`, the delivery session without the message.
+//! - [`bounce`]: delivery status notifications (Postfix: bounce), with the
+//!   plain-language German/English notices.
 //! - [`control`]: the admin control socket and its protocol.
 //! - [`system`]: systemd notification, privileges.
 
