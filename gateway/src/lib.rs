@@ -23,6 +23,7 @@
 //! - [`system`]: systemd notification, privileges.
 
 pub mod bounce;
+pub mod calendar;
 pub mod check;
 pub mod classify;
 pub mod config;
@@ -32,6 +33,7 @@ pub mod deliver;
 pub mod dns;
 pub mod evidence;
 pub mod mtasts;
+mod net;
 pub mod policy;
 pub mod queue;
 pub mod smtp;

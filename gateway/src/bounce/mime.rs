@@ -171,22 +171,6 @@ pub(crate) fn is_smtp_reply(s: &str) -> bool {
         && (b.len() == 3 || b[3] == b' ' || b[3] == b'-')
 }
 
-/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day).
-pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    // Shift the epoch to 0000-03-01 so leap days fall at the end of a year,
-    // then split into 400-year eras of 146097 days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 /// A date-time in the RFC 5322 section 3.3 form, always in UTC:
 /// `Thu, 13 Feb 2025 10:00:00 +0000`. Used for `Date:` and for the DSN date fields
 /// (RFC 3464 section 2.1.1 refers to the same syntax).
@@ -198,7 +182,7 @@ pub fn rfc5322_date(secs: u64) -> String {
     let secs = i64::try_from(secs).unwrap_or(i64::MAX / 2);
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
+    let (y, m, d) = crate::calendar::civil_from_days(days);
     format!(
         "{}, {} {} {} {:02}:{:02}:{:02} +0000",
         DAYS[days.rem_euclid(7) as usize],

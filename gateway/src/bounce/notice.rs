@@ -204,7 +204,7 @@ fn en_name(mx: &str) -> String {
 
 fn ymd(secs: u64) -> (i64, u32, u32) {
     let secs = i64::try_from(secs).unwrap_or(i64::MAX / 2);
-    super::mime::civil_from_days(secs.div_euclid(86_400))
+    crate::calendar::civil_from_days(secs.div_euclid(86_400))
 }
 
 /// "01.01.2021" (UTC).

@@ -23,9 +23,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
-use hickory_resolver::net::{DnsError, NetError};
-use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::{Name, RData};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Level, RiskClass};
@@ -694,66 +691,28 @@ async fn tls_rpt(resolver: &Resolver, domain: &str) -> TlsRptReport {
         rua: Vec::new(),
         error: None,
     };
-    let name = match Name::from_ascii(format!("_smtp._tls.{domain}.")) {
-        Ok(n) => n,
+    let txts = match resolver
+        .txt_unvalidated(&format!("_smtp._tls.{domain}"))
+        .await
+    {
+        Ok(t) => t,
         Err(e) => {
-            report.error = Some(format!("invalid name: {e}"));
+            report.error = Some(e);
             return report;
         }
     };
-    let txts: Vec<String> = match resolver.hickory().txt_lookup(name).await {
-        Ok(lookup) => lookup
-            .answers()
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::TXT(txt) => Some(
-                    txt.txt_data
-                        .iter()
-                        .map(|s| String::from_utf8_lossy(s))
-                        .collect::<String>(),
-                ),
-                _ => None,
-            })
-            .collect(),
-        Err(NetError::Dns(DnsError::NoRecordsFound(nr)))
-            if matches!(
-                nr.response_code,
-                ResponseCode::NXDomain | ResponseCode::NoError
-            ) =>
-        {
-            Vec::new()
+    report.record = txts.iter().find(|t| t.starts_with("v=TLSRPTv1")).cloned();
+    // The same reading as the reports themselves (`crate::tlsrpt`).
+    match crate::tlsrpt::record::select_record(&txts) {
+        crate::tlsrpt::record::Discovery::Record(r) => {
+            report.rua = r.rua.iter().map(ToString::to_string).collect();
         }
-        Err(NetError::Dns(DnsError::Nsec { .. })) => Vec::new(),
-        Err(e) => {
-            report.error = Some(format!("TXT lookup failed: {e}"));
-            return report;
+        crate::tlsrpt::record::Discovery::NoRecord(why) if report.record.is_some() => {
+            report.error = Some(why);
         }
-    };
-    let records: Vec<&String> = txts
-        .iter()
-        .filter(|t| t.trim_start().starts_with("v=TLSRPTv1"))
-        .collect();
-    match records.as_slice() {
-        [] => {}
-        [one] => {
-            report.record = Some((*one).clone());
-            report.rua = parse_rua(one);
-        }
-        many => report.error = Some(format!("{} v=TLSRPTv1 records", many.len())),
+        _ => {}
     }
     report
-}
-
-/// The `rua` addresses of a TLS-RPT record (comma-separated URIs).
-fn parse_rua(record: &str) -> Vec<String> {
-    record
-        .split(';')
-        .map(str::trim)
-        .filter_map(|f| f.strip_prefix("rua="))
-        .flat_map(|v| v.split(','))
-        .map(|u| u.trim().to_string())
-        .filter(|u| !u.is_empty())
-        .collect()
 }
 
 /// Replace control characters so text from DNS and servers cannot drive the terminal.

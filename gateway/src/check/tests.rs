@@ -350,12 +350,3 @@ fn i_classes_come_from_the_configuration() {
         Err(CheckError::UnknownClass { .. })
     ));
 }
-
-#[test]
-fn i_tls_rpt_rua_is_read() {
-    assert_eq!(
-        parse_rua("v=TLSRPTv1; rua=mailto:tls@example.test,https://r.example.test/x"),
-        vec!["mailto:tls@example.test", "https://r.example.test/x"]
-    );
-    assert!(parse_rua("v=TLSRPTv1").is_empty());
-}

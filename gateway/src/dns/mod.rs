@@ -762,6 +762,46 @@ impl Resolver {
         &self.plain
     }
 
+    /// The TXT records at `name` (absolute or relative to the root), each record's
+    /// strings concatenated, through the *non-validating* resolver ([`Self::hickory`]):
+    /// for the policy-discovery records whose authenticity comes from elsewhere
+    /// (`_mta-sts`, `_smtp._tls`). `Ok(empty)`: no such records (NXDOMAIN or
+    /// NODATA); `Err`: the lookup failed (a temporary condition), in words.
+    pub async fn txt_unvalidated(&self, name: &str) -> Result<Vec<String>, String> {
+        let fqdn = if name.ends_with('.') {
+            name.to_string()
+        } else {
+            format!("{name}.")
+        };
+        let name = Name::from_ascii(&fqdn).map_err(|e| format!("invalid name {fqdn}: {e}"))?;
+        match self.plain.txt_lookup(name).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    // A record's strings are concatenated without separator.
+                    RData::TXT(txt) => Some(
+                        txt.txt_data
+                            .iter()
+                            .map(|s| String::from_utf8_lossy(s))
+                            .collect::<String>(),
+                    ),
+                    _ => None,
+                })
+                .collect()),
+            Err(NetError::Dns(DnsError::NoRecordsFound(nr)))
+                if matches!(
+                    nr.response_code,
+                    ResponseCode::NXDomain | ResponseCode::NoError
+                ) =>
+            {
+                Ok(Vec::new())
+            }
+            Err(NetError::Dns(DnsError::Nsec { .. })) => Ok(Vec::new()),
+            Err(e) => Err(format!("TXT lookup of {fqdn} failed: {e}")),
+        }
+    }
+
     /// Whether answers are DNSSEC-validated in-process.
     pub fn validating(&self) -> bool {
         self.validating

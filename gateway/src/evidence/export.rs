@@ -383,7 +383,7 @@ pub fn parse_bound(s: &str, end: bool) -> Result<u64, EvidenceError> {
     if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
         return Err(bad("no such day"));
     }
-    let midnight = days_from_civil(year, month, day) * 86_400;
+    let midnight = crate::calendar::days_from_civil(year, month as u32, day as u32) * 86_400;
     if b.len() == 10 {
         let t = midnight + if end { 86_400 } else { 0 };
         return u64::try_from(t).map_err(|_| bad("before 1970"));
@@ -435,15 +435,4 @@ fn days_in_month(y: i64, m: i64) -> i64 {
         4 | 6 | 9 | 11 => 30,
         _ => 31,
     }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }

@@ -8,7 +8,8 @@
 //! (chunked bodies, header limits) without bringing its own TLS, DNS or redirect
 //! handling: nothing is followed, nothing is cached.
 
-use std::net::{IpAddr, SocketAddr};
+use crate::net::{connect_any, AbortOnDrop};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, Error as TlsError, OtherError,
     RootCertStore, SignatureScheme,
 };
-use tokio::net::TcpStream;
+
 use tokio_rustls::TlsConnector;
 
 use super::policy::Policy;
@@ -181,26 +182,6 @@ impl Fetcher {
             self.max_size
         ))
     }
-}
-
-/// Aborts the HTTP connection task when the fetch ends, however it ends.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-async fn connect_any(addrs: &[IpAddr], port: u16) -> std::io::Result<TcpStream> {
-    let mut last = None;
-    for ip in addrs {
-        match TcpStream::connect(SocketAddr::new(*ip, port)).await {
-            Ok(s) => return Ok(s),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| std::io::Error::other("no address")))
 }
 
 fn is_text_plain(content_type: &str) -> bool {

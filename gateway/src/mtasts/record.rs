@@ -1,9 +1,5 @@
 //! Policy discovery: the `_mta-sts.<domain>` TXT record (RFC 8461 section 3.1).
 
-use hickory_resolver::net::{DnsError, NetError};
-use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::{Name, RData};
-
 use crate::dns::Resolver;
 
 /// A valid `v=STSv1` record: what matters is its `id`, which changes whenever the
@@ -107,44 +103,13 @@ pub fn select_record(txts: &[String]) -> Discovery {
 /// Look up `_mta-sts.<domain>` with our resolver. `domain` is already normalised
 /// (lower-case A-labels, no trailing dot).
 pub async fn discover(resolver: &Resolver, domain: &str) -> Discovery {
-    let name = match Name::from_ascii(format!("_mta-sts.{domain}.")) {
-        Ok(n) => n,
-        Err(e) => return Discovery::NoRecord(format!("invalid domain: {e}")),
-    };
-    match resolver.hickory().txt_lookup(name).await {
-        Ok(lookup) => {
-            let txts: Vec<String> = lookup
-                .answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    // A record's strings are concatenated without separator.
-                    RData::TXT(txt) => Some(
-                        txt.txt_data
-                            .iter()
-                            .map(|s| String::from_utf8_lossy(s))
-                            .collect::<String>(),
-                    ),
-                    _ => None,
-                })
-                .collect();
-            select_record(&txts)
-        }
-        Err(e) => classify(&e),
-    }
-}
-
-fn classify(err: &NetError) -> Discovery {
-    match err {
-        NetError::Dns(DnsError::NoRecordsFound(nr))
-            if matches!(
-                nr.response_code,
-                ResponseCode::NXDomain | ResponseCode::NoError
-            ) =>
-        {
-            Discovery::NoRecord("no TXT record".into())
-        }
-        NetError::Dns(DnsError::Nsec { .. }) => Discovery::NoRecord("no TXT record".into()),
-        other => Discovery::TempFail(format!("TXT lookup failed: {other}")),
+    match resolver
+        .txt_unvalidated(&format!("_mta-sts.{domain}"))
+        .await
+    {
+        Ok(txts) if txts.is_empty() => Discovery::NoRecord("no TXT record".into()),
+        Ok(txts) => select_record(&txts),
+        Err(e) => Discovery::TempFail(e),
     }
 }
 

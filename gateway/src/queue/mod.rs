@@ -39,8 +39,7 @@ use crate::control::ControlHandler;
 use crate::deliver::{DeliveryReport, DeliveryRequest, RcptOutcome, RcptRequest, Transport};
 use crate::evidence::{AttemptEvidence, EvidenceLog};
 use crate::spool::record::{
-    now_secs, Attempt, ClientInfo, Envelope, Notify, QueueId, RcptState, Recipient, RiskClass,
-    RECORD_VERSION,
+    now_secs, Attempt, Envelope, Notify, QueueId, RcptState, Recipient, RiskClass,
 };
 use crate::spool::{Incoming, Spool, SpoolError};
 
@@ -914,32 +913,17 @@ fn indices(env: &Envelope, pred: impl Fn(&Recipient) -> bool) -> Vec<usize> {
 
 /// The envelope of a DSN we generate: null sender, one recipient (the original sender).
 fn notice_envelope(dsn: &Dsn, hostname: &str) -> Envelope {
-    let now = now_secs();
-    let to = dsn.recipient.as_str();
-    Envelope {
-        record_version: RECORD_VERSION,
-        id: QueueId::generate(),
-        received_at: now,
-        sender: String::new(),
-        ret: None,
-        envid: None,
-        body: dsn.body,
-        smtputf8: dsn.smtputf8,
-        requiretls: false,
-        size: dsn.content.len() as u64,
-        class: RiskClass::Normal,
-        class_reasons: vec!["delivery status notification".into()],
-        tls_optional: false,
-        expires_at: None,
-        client: ClientInfo {
-            addr: "local".into(),
-            helo: hostname.into(),
-            tls: None,
-            auth_user: None,
-        },
-        message_id: None,
-        recipients: vec![Recipient::new(to.to_string(), None, None, now)],
-    }
+    let mut env = Envelope::generated(
+        "",
+        &dsn.recipient,
+        dsn.content.len() as u64,
+        hostname,
+        RiskClass::Normal,
+        "delivery status notification",
+    );
+    env.body = dsn.body;
+    env.smtputf8 = dsn.smtputf8;
+    env
 }
 
 /// A message being received (see [`Queue::begin`]). Writes are collected into a

@@ -2,7 +2,7 @@
 //! change state, when notices go out, and that the spool always agrees.
 
 use super::*;
-use crate::spool::record::{BodyType, Notify};
+use crate::spool::record::{BodyType, ClientInfo, Notify, RECORD_VERSION};
 
 fn config() -> Arc<Config> {
     Arc::new(Config::default())

@@ -451,6 +451,44 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// The envelope of a message the gateway makes itself (a DSN, a TLS-RPT
+    /// report): one recipient, no DSN parameters, from "local"; `why` is its
+    /// class reason. Callers adjust what differs (body type, class, expiry).
+    pub fn generated(
+        sender: &str,
+        recipient: &str,
+        size: u64,
+        hostname: &str,
+        class: RiskClass,
+        why: &str,
+    ) -> Envelope {
+        let now = now_secs();
+        Envelope {
+            record_version: RECORD_VERSION,
+            id: QueueId::generate(),
+            received_at: now,
+            sender: sender.to_string(),
+            ret: None,
+            envid: None,
+            body: BodyType::default(),
+            smtputf8: false,
+            requiretls: false,
+            size,
+            class,
+            class_reasons: vec![why.to_string()],
+            tls_optional: false,
+            expires_at: None,
+            client: ClientInfo {
+                addr: "local".into(),
+                helo: hostname.into(),
+                tls: None,
+                auth_user: None,
+            },
+            message_id: None,
+            recipients: vec![Recipient::new(recipient.to_string(), None, None, now)],
+        }
+    }
+
     /// True when every recipient reached a final state and its notice is done:
     /// the message can leave the spool.
     pub fn is_finished(&self) -> bool {

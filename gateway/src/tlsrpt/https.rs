@@ -8,7 +8,8 @@
 //! and hyper's low-level HTTP/1.1 client on top. Redirects are not followed
 //! (a 3xx is a failure and the report is retried later).
 
-use std::net::{IpAddr, SocketAddr};
+use crate::net::{connect_any, AbortOnDrop};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use hyper_util::rt::TokioIo;
 use rustls::client::Resumption;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
-use tokio::net::TcpStream;
+
 use tokio_rustls::TlsConnector;
 
 use crate::dns::Resolver;
@@ -247,26 +248,6 @@ impl Poster {
             .trim_end()
             .to_string())
     }
-}
-
-/// Aborts the HTTP connection task when the post ends, however it ends.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-async fn connect_any(addrs: &[IpAddr], port: u16) -> std::io::Result<TcpStream> {
-    let mut last = None;
-    for ip in addrs {
-        match TcpStream::connect(SocketAddr::new(*ip, port)).await {
-            Ok(s) => return Ok(s),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| std::io::Error::other("no address")))
 }
 
 #[cfg(test)]

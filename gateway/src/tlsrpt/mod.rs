@@ -64,9 +64,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::dns::Resolver;
 use crate::queue::Queue;
-use crate::spool::record::{
-    domain_of, now_secs, ClientInfo, Envelope, QueueId, Recipient, RiskClass, RECORD_VERSION,
-};
+use crate::spool::record::{domain_of, now_secs, Envelope, RiskClass};
 
 pub use https::{HttpsUrl, GZIP_MEDIA_TYPE};
 pub use mail::report_filename;
@@ -800,30 +798,17 @@ fn report_envelope(
     retry_for: u64,
     hostname: &str,
 ) -> Envelope {
-    Envelope {
-        record_version: RECORD_VERSION,
-        id: QueueId::generate(),
-        received_at: now,
-        sender: from.to_string(),
-        ret: None,
-        envid: None,
-        body: Default::default(),
-        smtputf8: false,
-        requiretls: false,
+    let mut env = Envelope::generated(
+        from,
+        to,
         size,
-        class: RiskClass::None,
-        class_reasons: vec!["TLS-RPT report (RFC 8460)".into()],
-        tls_optional: true,
-        expires_at: Some(now + retry_for),
-        client: ClientInfo {
-            addr: "local".into(),
-            helo: hostname.into(),
-            tls: None,
-            auth_user: None,
-        },
-        message_id: None,
-        recipients: vec![Recipient::new(to.to_string(), None, None, now)],
-    }
+        hostname,
+        RiskClass::None,
+        "TLS-RPT report (RFC 8460)",
+    );
+    env.tls_optional = true;
+    env.expires_at = Some(now + retry_for);
+    env
 }
 
 /// Write a file so that after a crash it holds either the old or the new bytes:

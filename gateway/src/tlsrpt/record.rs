@@ -22,10 +22,6 @@
 //! A DMARC-style size limit (`mailto:a@b.example!10m`) is not part of RFC 8460 but
 //! is seen in the wild; it is accepted and ignored (our reports are small).
 
-use hickory_resolver::net::{DnsError, NetError};
-use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::{Name, RData};
-
 use super::https::HttpsUrl;
 use crate::dns::Resolver;
 
@@ -239,40 +235,13 @@ pub fn select_record(txts: &[String]) -> Discovery {
 /// does not require DNSSEC for the reporting policy, and a report is only
 /// statistics about sessions, sent without enforcing the policy it reports on.
 pub async fn discover(resolver: &Resolver, domain: &str) -> Discovery {
-    let name = match Name::from_ascii(format!("_smtp._tls.{domain}.")) {
-        Ok(n) => n,
-        Err(e) => return Discovery::NoRecord(format!("invalid domain: {e}")),
-    };
-    match resolver.hickory().txt_lookup(name).await {
-        Ok(lookup) => {
-            let txts: Vec<String> = lookup
-                .answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    // A record's strings are concatenated without separator.
-                    RData::TXT(txt) => Some(
-                        txt.txt_data
-                            .iter()
-                            .map(|s| String::from_utf8_lossy(s))
-                            .collect::<String>(),
-                    ),
-                    _ => None,
-                })
-                .collect();
-            select_record(&txts)
-        }
-        Err(NetError::Dns(DnsError::NoRecordsFound(nr)))
-            if matches!(
-                nr.response_code,
-                ResponseCode::NXDomain | ResponseCode::NoError
-            ) =>
-        {
-            Discovery::NoRecord("no TXT record".into())
-        }
-        Err(NetError::Dns(DnsError::Nsec { .. })) => Discovery::NoRecord("no TXT record".into()),
-        Err(other) => {
-            Discovery::TempFail(format!("TXT lookup of _smtp._tls.{domain} failed: {other}"))
-        }
+    match resolver
+        .txt_unvalidated(&format!("_smtp._tls.{domain}"))
+        .await
+    {
+        Ok(txts) if txts.is_empty() => Discovery::NoRecord("no TXT record".into()),
+        Ok(txts) => select_record(&txts),
+        Err(e) => Discovery::TempFail(e),
     }
 }
 

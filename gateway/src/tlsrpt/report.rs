@@ -246,7 +246,7 @@ pub const DAY_SECS: u64 = 86_400;
 
 /// The UTC day of a Unix time: `YYYY-MM-DD`.
 pub fn utc_day(secs: u64) -> String {
-    let (y, m, d) = civil_from_days((secs / DAY_SECS) as i64);
+    let (y, m, d) = crate::calendar::civil_from_days((secs / DAY_SECS) as i64);
     format!("{y:04}-{m:02}-{d:02}")
 }
 
@@ -267,7 +267,7 @@ pub fn day_start(day: &str) -> Option<u64> {
     if y < 1970 || !(1..=12).contains(&m) || d < 1 {
         return None;
     }
-    let days = days_from_civil(y, m as u32, d as u32);
+    let days = crate::calendar::days_from_civil(y, m as u32, d as u32);
     // Reject 2025-02-30 and the like: the date must come back unchanged.
     let start = u64::try_from(days).ok()? * DAY_SECS;
     (utc_day(start) == day).then_some(start)
@@ -283,30 +283,6 @@ pub fn rfc3339(secs: u64) -> String {
         rem % 3600 / 60,
         rem % 60
     )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
-}
-
-/// (year, month, day) to days since 1970-01-01 (H. Hinnant).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = i64::from((m + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
