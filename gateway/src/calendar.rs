@@ -29,6 +29,12 @@ pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// RFC 3339 UTC date-time of a Unix time, to the second: `2025-03-01T00:00:00Z`.
+pub fn rfc3339(secs: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,6 +42,7 @@ mod tests {
     #[test]
     fn known_dates_and_round_trip() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(rfc3339(951_782_400 + 3661), "2000-02-29T01:01:01Z");
         assert_eq!(days_from_civil(2000, 2, 29), 11_016);
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         assert_eq!(civil_from_days(18_628), (2021, 1, 1));

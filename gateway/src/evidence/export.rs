@@ -7,7 +7,6 @@ use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -348,11 +347,7 @@ pub(crate) fn csv_field(value: &str) -> String {
         value
     }
 }
-
-/// Unix seconds as RFC 3339 UTC, e.g. "2026-11-22T10:00:00Z".
-pub fn rfc3339(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
-}
+pub use crate::calendar::rfc3339;
 
 /// Parse a bound of an export range: a date `YYYY-MM-DD` (UTC) or an RFC 3339 time
 /// (`2026-11-22T10:00:00Z`, `...+01:00`, fractions ignored). For the end of a range

@@ -272,18 +272,7 @@ pub fn day_start(day: &str) -> Option<u64> {
     let start = u64::try_from(days).ok()? * DAY_SECS;
     (utc_day(start) == day).then_some(start)
 }
-
-/// RFC 3339 UTC date-time: `2025-03-01T00:00:00Z`.
-pub fn rfc3339(secs: u64) -> String {
-    let rem = secs % DAY_SECS;
-    format!(
-        "{}T{:02}:{:02}:{:02}Z",
-        utc_day(secs),
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
+pub use crate::calendar::rfc3339;
 
 #[cfg(test)]
 mod tests {
