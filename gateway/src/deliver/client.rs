@@ -771,6 +771,15 @@ impl Deliverer {
         };
         let mut seen = Observed::default();
         let mx = ctx.facts.host;
+        // The `may` retry without TLS: what made the handshake fail is what TLS-RPT
+        // hears about this session.
+        let retry_failure = plaintext_retry.as_ref().map(|e| {
+            let kind = policy::problem::of_tls_failure(e);
+            (
+                kind.rpt_result_type().unwrap_or("validation-failure"),
+                e.describe(mx),
+            )
+        });
         let Ready {
             mut conn,
             caps,
@@ -804,7 +813,7 @@ impl Deliverer {
         };
         // The session is good enough to send: a success for TLS-RPT, unless it was
         // plaintext or an MTA-STS `testing` policy would have refused it (E6).
-        let failure = rpt_failure.or_else(|| {
+        let failure = rpt_failure.or(retry_failure).or_else(|| {
             facts
                 .is_none()
                 .then(|| ("starttls-not-supported", format!("{mx} offers no STARTTLS")))
