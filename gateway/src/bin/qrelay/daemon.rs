@@ -56,7 +56,6 @@ pub async fn run(config: Config) -> Result<()> {
             evidence_dir.display()
         )
     })?;
-    tracing::info!(key = %evidence.public_key_fingerprint(), dir = %evidence_dir.display(), "evidence log open");
     queue.set_evidence(evidence.clone());
 
     let tls = qrelay::tls::server::load_or_generate(&config)
