@@ -631,7 +631,8 @@ impl Session {
             message_id: None,
             findings: HeaderFindings::default(),
         };
-        let classify = self.shared.config.classify.clone();
+        let config = self.shared.config.clone();
+        let classify = &config.classify;
         conn.push("354 End data with <CR><LF>.<CR><LF>");
         let deadline = Instant::now() + self.cfg().data_timeout;
         let max_line = self.cfg().max_line_length;
@@ -644,12 +645,12 @@ impl Session {
                     Fed::Held => {}
                     Fed::Body(body) => sink.write(body).await,
                     Fed::HeaderEnd(head, body) => {
-                        sink.head(&received, &added_id, head, &classify).await;
+                        sink.head(&received, &added_id, head, classify).await;
                         sink.write(body).await;
                     }
                     Fed::End(head) => {
                         if let Some(head) = head {
-                            sink.head(&received, &added_id, head, &classify).await;
+                            sink.head(&received, &added_id, head, classify).await;
                         }
                         break;
                     }
