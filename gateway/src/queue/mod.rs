@@ -120,6 +120,11 @@ struct Inner {
     /// The evidence log (A5): one record per attempt per recipient. Set once by
     /// the daemon; unit tests of the scheduler run without it.
     evidence: std::sync::OnceLock<EvidenceLog>,
+    /// When the scheduler loop last went round (for the watchdog): the loop
+    /// proves the queue makes progress, not just that a lock can be taken.
+    heartbeat: Mutex<tokio::time::Instant>,
+    /// The longest the scheduler sleeps between rounds (see [`Queue::set_max_idle`]).
+    max_idle: Mutex<Duration>,
 }
 
 /// A cheap, clonable handle on the queue, shared by the SMTP server, the scheduler
@@ -156,12 +161,41 @@ impl Queue {
                 state: Mutex::new(state),
                 wakeup: Wakeup::new(),
                 evidence: std::sync::OnceLock::new(),
+                heartbeat: Mutex::new(tokio::time::Instant::now()),
+                max_idle: Mutex::new(MAX_IDLE),
             }),
         }
     }
 
     pub fn config(&self) -> &Arc<Config> {
         &self.inner.config
+    }
+
+    /// Wake the scheduler at least this often (under a systemd watchdog: a
+    /// fraction of its interval, so a healthy loop always has a fresh heartbeat).
+    pub fn set_max_idle(&self, max: Duration) {
+        *self
+            .inner
+            .max_idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = max.min(MAX_IDLE);
+    }
+
+    fn beat(&self) {
+        *self
+            .inner
+            .heartbeat
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
+    }
+
+    /// How long ago the scheduler loop last went round.
+    pub fn heartbeat_age(&self) -> Duration {
+        self.inner
+            .heartbeat
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
     }
 
     /// Record every attempt in this evidence log from now on (A5).
@@ -258,16 +292,27 @@ impl Queue {
             if *shutdown.borrow() {
                 break;
             }
+            self.beat();
+            let max_idle = *self
+                .inner
+                .max_idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             let now = now_secs();
             let (jobs, next_due) = self.take_due(now);
             let mut jobs = jobs.into_iter();
             while let Some(job) = jobs.next() {
-                let permit = tokio::select! {
-                    p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-                    _ = shutdown.changed() => {
-                        self.release(&job);
-                        jobs.for_each(|j| self.release(&j));
-                        break 'scheduling;
+                // Waiting for a free delivery slot is normal under load (slow
+                // servers hold them for minutes): the loop still beats meanwhile.
+                let permit = loop {
+                    tokio::select! {
+                        p = permits.clone().acquire_owned() => break p.expect("semaphore never closed"),
+                        _ = shutdown.changed() => {
+                            self.release(&job);
+                            jobs.for_each(|j| self.release(&j));
+                            break 'scheduling;
+                        }
+                        _ = tokio::time::sleep(max_idle) => self.beat(),
                     }
                 };
                 let queue = self.clone();
@@ -287,8 +332,8 @@ impl Queue {
             }
             let sleep = next_due
                 .map(|t| Duration::from_secs(t.saturating_sub(now_secs())))
-                .unwrap_or(MAX_IDLE)
-                .min(MAX_IDLE);
+                .unwrap_or(max_idle)
+                .min(max_idle);
             tokio::select! {
                 _ = tokio::time::sleep(sleep) => {}
                 _ = self.inner.wakeup.notified() => {}
@@ -577,6 +622,7 @@ impl Queue {
         let ids: Vec<QueueId> = self.lock().messages.keys().cloned().collect();
         for id in ids {
             self.settle(&id, now).await;
+            self.beat();
         }
     }
 

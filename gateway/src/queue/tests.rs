@@ -345,6 +345,43 @@ async fn scheduler_loop_delivers_and_stops_on_shutdown() {
         .unwrap();
 }
 
+/// A transport whose deliveries never finish (a server that stalls).
+struct Stalled;
+
+impl Transport for Stalled {
+    fn deliver(
+        &self,
+        _req: DeliveryRequest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = DeliveryReport> + Send + '_>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test]
+async fn scheduler_heartbeat_stays_fresh_while_idle_and_while_slots_are_busy() {
+    // Two domains, one delivery slot that never frees: the loop waits for a slot
+    // and must still beat (a busy relay is not a wedged one).
+    let env = env_for("a@lan.test", &["x@one.test", "y@two.test"], now_secs());
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::default();
+    cfg.delivery.concurrency = 1;
+    let q = Queue::new(Spool::open(dir.path(), 0).unwrap(), Arc::new(cfg), vec![]);
+    q.submit(env, CONTENT.to_vec()).await.unwrap();
+    q.set_max_idle(Duration::from_millis(50));
+    let (_tx, rx) = watch::channel(false);
+    let run = tokio::spawn(q.clone().run(Arc::new(Stalled), rx));
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(
+            q.heartbeat_age() < Duration::from_millis(500),
+            "heartbeat {:?} old",
+            q.heartbeat_age()
+        );
+    }
+    // The stalled deliveries would hold a clean shutdown for its grace period.
+    run.abort();
+}
+
 #[test]
 fn status_code_is_found_in_replies() {
     assert_eq!(status_of("250 2.0.0 Ok"), Some("2.0.0".into()));

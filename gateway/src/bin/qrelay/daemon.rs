@@ -141,6 +141,10 @@ pub async fn run(config: Config) -> Result<()> {
         });
     }
 
+    let watchdog_limit = system::watchdog_interval();
+    if let Some(w) = watchdog_limit {
+        queue.set_max_idle(w / 4);
+    }
     let scheduler = tokio::spawn(queue.clone().run(Arc::new(deliverer), stop_rx.clone()));
     if let Some(t) = tls_rpt {
         tasks.spawn(t.run(queue.clone(), stop_rx.clone()));
@@ -148,11 +152,22 @@ pub async fn run(config: Config) -> Result<()> {
 
     system::notify_ready();
     system::notify_status(&format!("{} messages queued", queue.len()));
+    // The watchdog is pinged only while the scheduler loop keeps going round (it
+    // wakes at least every quarter interval) and the queue lock can be taken: a
+    // wedged scheduler or a deadlock stops the pings and systemd restarts us.
     let health_queue = queue.clone();
     let watchdog = system::spawn_watchdog(move || {
-        // Taking the queue lock proves the core is not wedged.
         let _ = health_queue.len();
-        true
+        let age = health_queue.heartbeat_age();
+        match watchdog_limit {
+            Some(limit) if age > limit / 2 => {
+                tracing::error!(
+                    "the scheduler has not gone round for {age:?}; withholding the watchdog ping"
+                );
+                false
+            }
+            _ => true,
+        }
     });
     tracing::info!(hostname = %config.hostname(), "qrelay ready");
 
