@@ -44,3 +44,49 @@ fn config_check_names_the_bad_key() {
     );
     assert!(text.contains("listen_adress"), "{text}");
 }
+
+#[test]
+fn system_factory_reset_needs_confirmation_and_arms_the_boot_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = dir.path().join("grubenv");
+    let ok = Command::new("grub-editenv")
+        .arg(&env)
+        .arg("create")
+        .status()
+        .expect("grub-editenv (Debian package grub-common)");
+    assert!(ok.success());
+    let config = dir.path().join("qrelay.toml");
+    std::fs::write(
+        &config,
+        format!("[system]\ngrubenv = \"{}\"\n", env.display()),
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        Command::new(qrelay_bin())
+            .args(["system", "factory-reset", "--config"])
+            .arg(&config)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let list = || {
+        let out = Command::new("grub-editenv")
+            .arg(&env)
+            .arg("list")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Without --yes: refused, nothing armed.
+    let out = run(&[]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--yes"),
+        "{out:?}"
+    );
+    assert!(!list().contains("QRELAY_FACTORY_RESET"));
+    // Confirmed: the flag the boot loader reads is set.
+    let out = run(&["--yes"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(list().contains("QRELAY_FACTORY_RESET=1"), "{}", list());
+}

@@ -97,6 +97,32 @@ pub struct Config {
     pub evidence: EvidenceConfig,
     /// TLS-RPT reports to recipient domains (`[tls_rpt]`, RFC 8460).
     pub tls_rpt: TlsRptConfig,
+    /// The appliance around the relay (`[system]`).
+    pub system: SystemConfig,
+}
+
+/// The appliance around the relay: clock and boot loader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SystemConfig {
+    /// Defer deliveries that check certificates (levels `trusted` and `verified`)
+    /// while the system clock is not synchronised (systemd-timesyncd has not yet
+    /// created `/run/systemd/timesync/synchronized`): a box that booted with a
+    /// wrong clock would otherwise judge certificate validity wrongly. On for the
+    /// appliance; off by default for a relay on a general-purpose host.
+    pub require_time_sync: bool,
+    /// The GRUB environment block on the EFI system partition, where
+    /// `qrelay system factory-reset` sets the flag for the next boot.
+    pub grubenv: PathBuf,
+}
+
+impl Default for SystemConfig {
+    fn default() -> Self {
+        SystemConfig {
+            require_time_sync: false,
+            grubenv: PathBuf::from("/boot/efi/EFI/BOOT/grubenv"),
+        }
+    }
 }
 
 /// A risk class (standards.md A1), ordered from the least to the most protection:
@@ -681,6 +707,7 @@ impl Default for Config {
             exception: Vec::new(),
             evidence: EvidenceConfig::default(),
             tls_rpt: TlsRptConfig::default(),
+            system: SystemConfig::default(),
         }
     }
 }

@@ -172,6 +172,9 @@ pub struct Deliverer {
     /// TLS-RPT (RFC 8460, B4): every TLS session and policy failure of a delivery
     /// is counted for the daily report; `None`: not collected.
     tls_rpt: Option<TlsRpt>,
+    /// The file whose existence says the clock is synchronised
+    /// ([`crate::system::TIME_SYNC_FLAG`]; tests point it elsewhere).
+    time_sync_flag: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for Deliverer {
@@ -350,6 +353,7 @@ impl Deliverer {
             helo,
             mta_sts: None,
             tls_rpt: None,
+            time_sync_flag: crate::system::TIME_SYNC_FLAG.into(),
         })
     }
 
@@ -402,6 +406,20 @@ impl Deliverer {
     /// MX and addresses, the MTA-STS policy, then [`Deliverer::deliver_route`]
     /// (which looks up TLSA records per host).
     pub async fn attempt(&self, req: DeliveryRequest) -> DeliveryReport {
+        // Certificate validity depends on the clock: on a box that has not yet
+        // synchronised it, levels that check certificates wait (issue 5).
+        if self.config.system.require_time_sync
+            && req.level >= Level::Trusted
+            && !crate::system::clock_synchronized(&self.time_sync_flag)
+        {
+            let reason = format!(
+                "the system clock is not synchronised yet, so certificate validity cannot be judged; level {} waits for time synchronisation",
+                req.level
+            );
+            tracing::warn!(queue_id = %req.id, domain = %req.domain, "{reason}");
+            let attempt = attempt_record("", "", None, None, reason.clone(), None);
+            return all_same(&req, false, "4.4.0", &reason, attempt);
+        }
         let route = match self.resolve_route(&req.domain).await {
             Ok(r) => r,
             Err((permanent, status, reason)) => {

@@ -28,6 +28,16 @@ pub fn notify_status(status: &str) {
     let _ = sd_notify::notify(false, &[NotifyState::Status(status)]);
 }
 
+/// The flag systemd-timesyncd keeps while the clock is synchronised (the same
+/// one `systemd-time-wait-sync` waits for).
+pub const TIME_SYNC_FLAG: &str = "/run/systemd/timesync/synchronized";
+
+/// Whether the system clock has been synchronised since boot, by the flag file
+/// `flag` (normally [`TIME_SYNC_FLAG`]).
+pub fn clock_synchronized(flag: &std::path::Path) -> bool {
+    flag.exists()
+}
+
 /// The watchdog interval systemd asked for, if any.
 pub fn watchdog_interval() -> Option<Duration> {
     let mut usec = 0u64;

@@ -70,6 +70,21 @@ enum Command {
     /// Reads only; safe while the relay runs.
     #[command(subcommand)]
     Evidence(EvidenceCmd),
+    /// The appliance (as root on the box).
+    #[command(subcommand)]
+    System(SystemCmd),
+}
+
+#[derive(Subcommand)]
+enum SystemCmd {
+    /// Wipe the data partition (queue, evidence, keys, configuration changes) on the
+    /// next boot: sets the boot loader flag that adds `qrelay.factory_reset=1` to
+    /// the kernel command line once. Reboot to carry it out.
+    FactoryReset {
+        /// Confirm: everything on the data partition is lost.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -236,6 +251,30 @@ fn run(cli: Cli) -> Result<()> {
                 Response::Error(msg) => bail!("{msg}"),
                 other => bail!("unexpected answer from the relay: {other:?}"),
             }
+            Ok(())
+        }
+        Command::System(SystemCmd::FactoryReset { yes }) => {
+            let config = load_config(cli.config.as_deref())?;
+            if !yes {
+                bail!("a factory reset wipes the queue, the evidence log, the keys and the configuration on the next boot; run again with --yes to confirm");
+            }
+            let env = &config.system.grubenv;
+            let out = std::process::Command::new("grub-editenv")
+                .arg(env)
+                .args(["set", "QRELAY_FACTORY_RESET=1"])
+                .output()
+                .context("cannot run grub-editenv (is this the appliance?)")?;
+            if !out.status.success() {
+                bail!(
+                    "grub-editenv {} failed: {}",
+                    env.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            println!(
+                "factory reset armed in {}: the data partition is wiped on the next boot; reboot to carry it out",
+                env.display()
+            );
             Ok(())
         }
         Command::Status => {

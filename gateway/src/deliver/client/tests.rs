@@ -2125,3 +2125,37 @@ fn a5_subject_mark_goes_in_front_of_the_subject_only_in_the_header() {
         b"subject:[v] x\r\n\r\n".to_vec()
     );
 }
+
+#[tokio::test]
+async fn certificate_checking_levels_wait_for_time_sync_when_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("synchronized");
+    let mut cfg = Config::default();
+    cfg.system.require_time_sync = true;
+    cfg.dns.servers = vec!["127.0.10.54:53".parse().unwrap()];
+    let mut d = Deliverer::new(Arc::new(cfg)).expect("deliverer");
+    d.time_sync_flag = flag.clone();
+    // Not synchronised: trusted and verified wait, with the reason.
+    for level in [Level::Trusted, Level::Verified] {
+        let report = d.attempt(request(level, &["bob@example.test"])).await;
+        match &report.outcomes[0] {
+            RcptOutcome::Deferred { reply, status } => {
+                assert_eq!(status, "4.4.0");
+                assert!(reply.contains("clock is not synchronised"), "{reply}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Levels that judge no certificate are not held back by the clock (they go on
+    // to the MX lookup, whatever it finds).
+    let report = d
+        .attempt(request(Level::Encrypted, &["bob@example.test"]))
+        .await;
+    assert!(!report.attempt.reply.contains("clock"), "{report:?}");
+    // Synchronised: no waiting.
+    std::fs::write(&flag, b"").unwrap();
+    let report = d
+        .attempt(request(Level::Verified, &["bob@example.test"]))
+        .await;
+    assert!(!report.attempt.reply.contains("clock"), "{report:?}");
+}
