@@ -12,9 +12,8 @@ QRELAY_VERSION = 0.1.0
 QRELAY_SITE = $(BR2_EXTERNAL_QRELAY_PATH)/..
 QRELAY_SITE_METHOD = local
 QRELAY_LICENSE = Apache-2.0 or MIT
-# The workspace declares its licence in Cargo.toml (license = "Apache-2.0 OR MIT");
-# there are no separate licence texts in the repository yet.
-QRELAY_LICENSE_FILES = Cargo.toml
+# The workspace's licence (Cargo.toml: license = "Apache-2.0 OR MIT"), as texts.
+QRELAY_LICENSE_FILES = LICENSE-APACHE LICENSE-MIT
 
 # Build products of the checkout must not be copied: target/ holds binaries
 # linked against the build machine's glibc (and gigabytes of objects), and a
