@@ -400,7 +400,8 @@ fn pre_install(dir: &Path, running: &str, bundle_version: &str, env: &[(&str, &s
     cmd.env("QRELAY_VERSION_FILE", dir.join("qrelay-version"))
         .env("QRELAY_DOWNGRADE_FLAG", dir.join("allow-downgrade"))
         .env("RAUC_MF_VERSION", bundle_version)
-        .env_remove("QRELAY_ALLOW_DOWNGRADE");
+        .env_remove("QRELAY_ALLOW_DOWNGRADE")
+        .env_remove("RAUC_BUNDLE_MOUNT_POINT");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -462,6 +463,28 @@ fn update_downgrade_is_refused_without_the_explicit_flag() {
         "unknown running version accepted: {}",
         text(&out)
     );
+}
+
+#[test]
+fn update_downgrade_check_reads_the_version_from_the_mounted_bundle() {
+    // RAUC 1.8 (bookworm) does not export RAUC_MF_VERSION to system handlers; the
+    // handler then reads the manifest inside the mounted (verity-checked) bundle.
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = good_bundle(dir.path(), "0.0.9");
+    let mounted = dir.path().join("mounted");
+    let out = rauc_extract(&bundle, &mounted);
+    assert!(out.status.success(), "{}", text(&out));
+    let mount = mounted.to_str().unwrap();
+    for (running, allowed) in [("0.1.0", false), ("0.0.8", true), ("0.0.9", true)] {
+        let out = pre_install(
+            dir.path(),
+            running,
+            "",
+            &[("RAUC_BUNDLE_MOUNT_POINT", mount)],
+        );
+        assert_eq!(out.status.success(), allowed, "{running}: {}", text(&out));
+        assert!(text(&out).contains("0.0.9"), "{}", text(&out));
+    }
 }
 
 /// The value of `key` in `[section]` of an INI file (RAUC's format).
