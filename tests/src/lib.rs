@@ -14,6 +14,7 @@ pub mod peer;
 pub mod relay;
 pub mod scenario;
 pub mod smtp;
+pub mod vm;
 
 pub use infra::{Infra, Mx};
 pub use mailbox::{Mailbox, Message};
