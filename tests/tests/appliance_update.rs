@@ -930,7 +930,7 @@ fn update_refusals_in_the_vm_leave_the_running_slot_untouched() {
     let guest = push_bundle(&mut vm, &older);
     let (ok, out) = install(&mut vm, &guest);
     assert!(!ok, "downgrade installed without the flag: {out}");
-    assert!(out.contains("pre-install"), "{out}");
+    assert!(out.contains("Pre-install handler error"), "{out}");
     let journal = vm
         .sh_ok("journalctl -b --no-pager -t qrelay-pre-install")
         .unwrap();
