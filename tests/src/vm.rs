@@ -54,6 +54,8 @@ pub const VM_DOMAIN: &str = "vm.test";
 pub const DISK_SIZE: &str = "4G";
 /// The line the health gate prints once the slot is marked good and the relay answers.
 pub const READY_LINE: &str = "relay ready";
+/// The health gate's line when it fails.
+pub const FAILED_LINE: &str = "qrelay-health: FAILED";
 /// GRUB's line at the start of every boot.
 pub const BOOT_LINE: &str = "qrelay-boot: slot ";
 
@@ -374,7 +376,10 @@ impl Vm {
             let stderr = std::fs::read_to_string(vm.dir.join("qemu.stderr")).unwrap_or_default();
             if stderr.contains("KVM internal error") {
                 vm.kill();
-                bail!("QEMU: KVM internal error:\n{}", tail(&stderr, 10));
+                bail!(
+                    "QEMU: {}",
+                    stderr.lines().next().unwrap_or("KVM internal error")
+                );
             }
             if let Some(st) = vm.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 vm.child = None;
@@ -451,6 +456,16 @@ impl Vm {
             let text = self.serial_text();
             let parts = boot_segments(&text);
             if let Some(part) = parts.get(boot) {
+                if needle == READY_LINE {
+                    if let Some(i) = part.find(FAILED_LINE) {
+                        let end = part[i..].find('\n').map(|e| i + e).unwrap_or(part.len());
+                        bail!(
+                            "the health gate failed in boot {boot}: {}\nlast lines:\n{}",
+                            part[i..end].trim(),
+                            tail(&text, 40)
+                        );
+                    }
+                }
                 if let Some(i) = part.find(needle) {
                     let line_end = part[i..].find('\n').map(|e| i + e).unwrap_or(part.len());
                     let line_start = part[..i].rfind('\n').map(|s| s + 1).unwrap_or(0);
@@ -889,6 +904,17 @@ fn rr(rtype: u16, rdata: &[u8]) -> Vec<u8> {
     r
 }
 
+/// `<path>` out of " FROM:<path> PARAMS" / " TO:<path>".
+fn path_arg(rest: &str) -> String {
+    let rest = rest.trim_start();
+    let rest = rest
+        .split_once(':')
+        .map(|(_, r)| r)
+        .unwrap_or(rest)
+        .trim_start();
+    rest.split_whitespace().next().unwrap_or("").to_string()
+}
+
 /// One SMTP session of the host MX: plaintext until STARTTLS, then TLS.
 async fn serve_smtp(
     s: tokio::net::TcpStream,
@@ -938,12 +964,12 @@ async fn smtp_phase<S: AsyncRead + AsyncWrite + Unpin>(
                 return Ok(true);
             }
             "MAIL" => {
-                mail_from = cmd[5..].trim().to_string();
+                mail_from = path_arg(&cmd[4..]);
                 rcpts.clear();
                 "250 2.1.0 Ok\r\n".into()
             }
             "RCPT" => {
-                rcpts.push(cmd[5..].trim().to_string());
+                rcpts.push(path_arg(&cmd[4..]));
                 "250 2.1.5 Ok\r\n".into()
             }
             "DATA" => {
