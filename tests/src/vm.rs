@@ -3,7 +3,8 @@
 //!
 //! - [`test_image`] builds the image once per test run (the builder caches its Debian
 //!   base and skips the assembly when nothing changed; its own lock serialises test
-//!   processes).
+//!   processes). `QRELAY_IMAGE_BIN` names the relay binary to put in (relative to the
+//!   workspace; default: the builder's, `target/release/qrelay`).
 //! - [`Vm::boot`] starts `qemu-system-x86_64` (q35, OVMF, i6300esb with
 //!   `-action watchdog=reset`, virtio disk on a copy-on-write overlay of the image,
 //!   user networking with the box's port 25 forwarded to a free host port), with the
@@ -144,7 +145,14 @@ fn build_test_image() -> Result<TestImage> {
     let top = workspace();
     let dir = top.join("target/image-test");
     let start = Instant::now();
-    let out = Command::new(top.join("image/build-test-image"))
+    let mut cmd = Command::new(top.join("image/build-test-image"));
+    // QRELAY_IMAGE_BIN (the binary to put into the image, e.g. the dev build the test
+    // command already has): a relative path means one in the workspace, whatever
+    // directory cargo runs this test in.
+    if let Some(bin) = std::env::var_os("QRELAY_IMAGE_BIN").filter(|b| !b.is_empty()) {
+        cmd.env("QRELAY_IMAGE_BIN", top.join(bin));
+    }
+    let out = cmd
         .arg("--test-hooks")
         .arg("--out")
         .arg(&dir)
@@ -207,6 +215,17 @@ pub struct VmOptions {
     /// Keep the overlay in this directory instead of a fresh temporary one, so a
     /// second VM can boot the same (changed) disk, e.g. after a power cut.
     pub state_dir: Option<PathBuf>,
+    /// Host files handed to the guest read-only as extra virtio disks, the i-th with
+    /// the serial `qfile{i}` (in the guest: [`attached_device`]`(i)`). Much faster
+    /// than any network copy under TCG, e.g. for update bundles. A disk is a whole
+    /// number of 512-byte sectors: the guest reads the file's exact length with
+    /// `head -c` (see [`Vm::copy_attached`]).
+    pub files: Vec<PathBuf>,
+}
+
+/// The guest's device of the `i`-th file of [`VmOptions::files`].
+pub fn attached_device(i: usize) -> String {
+    format!("/dev/disk/by-id/virtio-qfile{i}")
 }
 
 /// A running VM.
@@ -324,7 +343,12 @@ impl Vm {
                 vars.display()
             ))
             .arg("-drive")
-            .arg(format!("if=virtio,format=qcow2,file={}", overlay.display()))
+            .arg(format!(
+                "if=none,id=disk0,format=qcow2,file={}",
+                overlay.display()
+            ))
+            // The firmware boots the appliance disk, never an attached file.
+            .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"])
             .args(["-device", "i6300esb", "-action", "watchdog=reset"])
             .arg("-nic")
             .arg(format!(
@@ -347,6 +371,18 @@ impl Vm {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
+        for (i, file) in opts.files.iter().enumerate() {
+            let path = file
+                .canonicalize()
+                .with_context(|| format!("file for the guest {}", file.display()))?;
+            cmd.arg("-drive")
+                .arg(format!(
+                    "if=none,id=qfile{i},format=raw,read-only=on,file={}",
+                    path.display()
+                ))
+                .arg("-device")
+                .arg(format!("virtio-blk-pci,drive=qfile{i},serial=qfile{i}"));
+        }
         let child = cmd.spawn().context("start qemu-system-x86_64")?;
         let mut vm = Vm {
             child: Some(child),
@@ -448,6 +484,15 @@ impl Vm {
         boot_segments(&self.serial_text()).len() - 1
     }
 
+    /// The serial output of boot number `boot` (1-based) so far, starting with the
+    /// rest of GRUB's slot line (e.g. "A (try 1 of 3; ..."); empty before that boot.
+    pub fn boot_output(&self, boot: usize) -> String {
+        boot_segments(&self.serial_text())
+            .get(boot)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    }
+
     /// Wait until the serial console has `needle` in the output of boot number
     /// `boot` (1-based, counted by GRUB's slot line); returns that line.
     pub fn wait_serial(&self, boot: usize, needle: &str, timeout: Duration) -> Result<String> {
@@ -487,10 +532,17 @@ impl Vm {
     /// with a 220 greeting through the host port. Returns the time since QEMU started.
     pub fn wait_ready(&self, boot: usize, timeout: Duration) -> Result<Duration> {
         self.wait_serial(boot, READY_LINE, timeout)?;
+        let start = Instant::now();
         let greeting =
             crate::wait_until("SMTP greeting via hostfwd", Duration::from_secs(30), || {
                 smtp_greeting(self.smtp_addr()).ok()
             })?;
+        if start.elapsed() > Duration::from_secs(3) {
+            eprintln!(
+                "boot {boot}: SMTP greeting via hostfwd only after {:.1?}",
+                start.elapsed()
+            );
+        }
         if !greeting.starts_with("220") {
             bail!("unexpected greeting {greeting:?}");
         }
@@ -577,6 +629,28 @@ impl Vm {
         }
     }
 
+    /// Copy the `i`-th of [`VmOptions::files`] (`host` is that file) to `guest_path`
+    /// in the guest, exactly its length, and check its SHA-256 there.
+    pub fn copy_attached(&mut self, i: usize, host: &Path, guest_path: &str) -> Result<()> {
+        let len = std::fs::metadata(host)?.len();
+        let want = sha256_hex(host)?;
+        let dev = attached_device(i);
+        let (code, out) = self.sh(
+            &format!("udevadm settle; head -c {len} {dev} >{guest_path} && sha256sum {guest_path}"),
+            Duration::from_secs(300),
+        )?;
+        if code != 0 {
+            bail!("copying {dev} to {guest_path} in the guest: {out}");
+        }
+        if !out.contains(&want) {
+            bail!(
+                "{} arrived damaged in the guest ({guest_path}): {out}",
+                host.display()
+            );
+        }
+        Ok(())
+    }
+
     /// [`Vm::sh`] that must succeed; returns the output.
     pub fn sh_ok(&mut self, command: &str) -> Result<String> {
         let (code, out) = self.sh(command, Duration::from_secs(60))?;
@@ -635,15 +709,48 @@ impl Drop for Vm {
 }
 
 /// The serial output split at GRUB's slot line: element 0 is before the first boot,
-/// element N the output of boot N. GRUB writes to the serial port and to the EFI
-/// console, which OVMF also sends to the serial port, so the line comes twice in a
-/// row; the first copy (no line end before the second) is dropped.
+/// element N the output of boot N. Only the slot choice ("qrelay-boot: slot A (try
+/// 1 of 3; ...") starts a boot; GRUB's other lines with the same prefix ("slot A used
+/// up its tries, skipped") stay inside the output they belong to. GRUB writes to the
+/// serial port and to the EFI console, which OVMF also sends to the serial port, so
+/// the slot line comes twice in a row; the first copy (no line end before the second)
+/// is dropped.
 fn boot_segments(text: &str) -> Vec<&str> {
-    text.split(BOOT_LINE)
-        .enumerate()
-        .filter(|(i, part)| *i == 0 || part.contains('\n'))
-        .map(|(_, part)| part)
-        .collect()
+    let starts: Vec<usize> = text
+        .match_indices(BOOT_LINE)
+        .map(|(i, _)| i)
+        .filter(|&i| is_slot_choice(&text[i + BOOT_LINE.len()..]))
+        .collect();
+    let mut parts = Vec::with_capacity(starts.len() + 1);
+    parts.push(&text[..starts.first().copied().unwrap_or(text.len())]);
+    for (n, &start) in starts.iter().enumerate() {
+        let end = starts.get(n + 1).copied().unwrap_or(text.len());
+        let part = &text[start + BOOT_LINE.len()..end];
+        if part.contains('\n') {
+            parts.push(part);
+        }
+    }
+    parts
+}
+
+/// "A (try " / "B (try ": the rest of GRUB's slot-choice line.
+fn is_slot_choice(rest: &str) -> bool {
+    let b = rest.as_bytes();
+    b.len() > 7 && b[0].is_ascii_alphanumeric() && rest[1..].starts_with(" (try ")
+}
+
+fn sha256_hex(file: &Path) -> Result<String> {
+    let out = Command::new("sha256sum")
+        .arg(file)
+        .output()
+        .context("run sha256sum")?;
+    if !out.status.success() {
+        bail!("sha256sum {} failed", file.display());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .chars()
+        .take(64)
+        .collect())
 }
 
 fn tail(text: &str, n: usize) -> String {
@@ -1005,5 +1112,27 @@ async fn smtp_phase<S: AsyncRead + AsyncWrite + Unpin>(
             _ => "502 5.5.2 Command not recognized\r\n".into(),
         };
         s.get_mut().write_all(reply.as_bytes()).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_segments_count_slot_choices_only() {
+        let text = "firmware\n\
+            qrelay-boot: slot A (try 3 of 3; ORDER=A B)qrelay-boot: slot A (try 3 of 3; ORDER=A B)\n\
+            qrelay-health: FAILED on slot A\n\
+            qrelay-boot: slot A used up its tries (TRY=3), skippedqrelay-boot: slot A used up its tries (TRY=3), skipped\n\
+            qrelay-boot: slot B (try 1 of 3; ORDER=A B)qrelay-boot: slot B (try 1 of 3; ORDER=A B)\n\
+            relay ready\n";
+        let parts = boot_segments(text);
+        assert_eq!(parts.len(), 3, "{parts:#?}");
+        assert_eq!(parts[0], "firmware\n");
+        assert!(parts[1].starts_with("A (try 3 of 3"));
+        assert!(parts[1].contains("used up its tries"));
+        assert!(parts[2].starts_with("B (try 1 of 3"));
+        assert!(parts[2].contains("relay ready"));
     }
 }
