@@ -40,7 +40,14 @@ fn run_check(root: &Path) -> Outcome {
 fn copy_of_tree() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let root = repo_root();
-    for entry in ["buildroot", "image", "Cargo.toml", "Cargo.lock"] {
+    for entry in [
+        "buildroot",
+        "image",
+        "Cargo.toml",
+        "Cargo.lock",
+        "LICENSE-APACHE",
+        "LICENSE-MIT",
+    ] {
         // cp -a keeps the execute bits the check looks at.
         let status = Command::new("cp")
             .arg("-a")
