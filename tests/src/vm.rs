@@ -105,6 +105,14 @@ fn find_tools() -> Result<Tools, String> {
     })
 }
 
+/// Runs the tests of one appliance test binary one at a time, preparation
+/// included: under TCG on two cores, a guest starved by a concurrent squashfs or
+/// bundle build stalls (RCU stalls, missed timers) and a test times out.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The tools, or `None` when the VM tests are to be skipped (a message says why).
 /// With `QRELAY_REQUIRE_VM` set, a missing tool panics instead: in CI a missing
 /// QEMU must fail loudly, not pass silently.

@@ -38,6 +38,7 @@ fn main_pid(vm: &mut Vm) -> u32 {
 
 #[test]
 fn i5_boot_to_relay_ready_and_relay_over_starttls() {
+    let _serial = qrelay_tests::vm::serial();
     let Some((tools, _lock)) = setup("i5_boot_to_relay_ready_and_relay_over_starttls") else {
         return;
     };
@@ -91,6 +92,7 @@ fn i5_boot_to_relay_ready_and_relay_over_starttls() {
 
 #[test]
 fn i5_service_watchdog_restarts_a_frozen_relay() {
+    let _serial = qrelay_tests::vm::serial();
     let Some((tools, _lock)) = setup("i5_service_watchdog_restarts_a_frozen_relay") else {
         return;
     };
@@ -135,6 +137,7 @@ fn i5_service_watchdog_restarts_a_frozen_relay() {
 
 #[test]
 fn i5_hardware_watchdog_resets_a_hung_kernel() {
+    let _serial = qrelay_tests::vm::serial();
     let Some((tools, _lock)) = setup("i5_hardware_watchdog_resets_a_hung_kernel") else {
         return;
     };

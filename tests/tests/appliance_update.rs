@@ -117,6 +117,7 @@ fn flip_byte(file: &Path, offset: u64) {
 
 #[test]
 fn update_bundle_signed_with_the_dev_key_verifies() {
+    let _serial = qrelay_tests::vm::serial();
     let dir = tempfile::tempdir().unwrap();
     let bundle = good_bundle(dir.path(), "7.1.0");
     let out = rauc_info(&bundle);
@@ -148,6 +149,7 @@ fn update_bundle_signed_with_the_dev_key_verifies() {
 
 #[test]
 fn update_bundle_signed_by_another_key_is_refused() {
+    let _serial = qrelay_tests::vm::serial();
     let dir = tempfile::tempdir().unwrap();
     // A complete second PKI made by the same script: same subject names, other keys.
     // Only the keys may decide, never the names.
@@ -184,6 +186,7 @@ fn update_bundle_signed_by_another_key_is_refused() {
 
 #[test]
 fn update_bundle_signed_by_a_non_code_signing_certificate_is_refused() {
+    let _serial = qrelay_tests::vm::serial();
     // A certificate from our own CA, but issued for TLS: system.conf's
     // check-purpose=codesign must keep it from signing firmware.
     let dir = tempfile::tempdir().unwrap();
@@ -293,6 +296,7 @@ fn update_bundle_signed_by_a_non_code_signing_certificate_is_refused() {
 
 #[test]
 fn update_bundle_with_modified_payload_is_refused() {
+    let _serial = qrelay_tests::vm::serial();
     let dir = tempfile::tempdir().unwrap();
     let bundle = good_bundle(dir.path(), "7.4.0");
     let tampered = dir.path().join("tampered.raucb");
@@ -324,6 +328,7 @@ fn update_bundle_with_modified_payload_is_refused() {
 
 #[test]
 fn update_bundle_with_modified_signature_or_manifest_is_refused() {
+    let _serial = qrelay_tests::vm::serial();
     let dir = tempfile::tempdir().unwrap();
     let bundle = good_bundle(dir.path(), "7.5.0");
     // A verity bundle ends with the CMS blob (inline-signed manifest, which holds the
@@ -354,6 +359,7 @@ fn update_bundle_with_modified_signature_or_manifest_is_refused() {
 
 #[test]
 fn update_plain_bundle_format_is_refused() {
+    let _serial = qrelay_tests::vm::serial();
     // Plain bundles are checked only once, before use; the box accepts verity only.
     let dir = tempfile::tempdir().unwrap();
     let slot = slot_image(dir.path(), "7.6.0");
@@ -410,6 +416,7 @@ fn pre_install(dir: &Path, running: &str, bundle_version: &str, env: &[(&str, &s
 
 #[test]
 fn update_downgrade_is_refused_without_the_explicit_flag() {
+    let _serial = qrelay_tests::vm::serial();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     for (running, new, allowed) in [
@@ -467,6 +474,7 @@ fn update_downgrade_is_refused_without_the_explicit_flag() {
 
 #[test]
 fn update_downgrade_check_reads_the_version_from_the_mounted_bundle() {
+    let _serial = qrelay_tests::vm::serial();
     // RAUC 1.8 (bookworm) does not export RAUC_MF_VERSION to system handlers; the
     // handler then reads the manifest inside the mounted (verity-checked) bundle.
     let dir = tempfile::tempdir().unwrap();
@@ -506,6 +514,7 @@ fn ini_value(ini: &str, section: &str, key: &str) -> Option<String> {
 
 #[test]
 fn update_config_agrees_with_manifest_keyring_and_grub() {
+    let _serial = qrelay_tests::vm::serial();
     let repo = repo();
     let conf = std::fs::read_to_string(repo.join("image/overlay/etc/rauc/system.conf")).unwrap();
     let get =
@@ -1030,6 +1039,7 @@ fn install_boots_other_slot_and_rolls_back_a_bad_one(
 /// box on its original slot, which is where the update starts anyway).
 #[test]
 fn update_refusals_then_install_other_slot_and_roll_back_a_bad_one() {
+    let _serial = qrelay_tests::vm::serial();
     let Some((tools, image)) =
         vm_setup("update_refusals_then_install_other_slot_and_roll_back_a_bad_one")
     else {
@@ -1080,6 +1090,7 @@ fn update_refusals_then_install_other_slot_and_roll_back_a_bad_one() {
 
 #[test]
 fn update_power_cut_under_load_loses_no_acknowledged_message() {
+    let _serial = qrelay_tests::vm::serial();
     let Some((tools, _image)) =
         vm_setup("update_power_cut_under_load_loses_no_acknowledged_message")
     else {
