@@ -668,6 +668,16 @@ impl Vm {
         Ok(out)
     }
 
+    /// Reboot from inside (`systemctl reboot`) and wait for the next boot's GRUB
+    /// line; returns that boot's number.
+    pub fn reboot(&mut self, timeout: Duration) -> Result<usize> {
+        let next = self.boots() + 1;
+        let _ = self.sh("systemctl --no-block reboot", Duration::from_secs(30));
+        self.reset_channel();
+        self.wait_serial(next, "", timeout)?;
+        Ok(next)
+    }
+
     /// Forget what the test channel received so far (after a reset the old shell
     /// is gone; its unfinished output is useless).
     pub fn reset_channel(&mut self) {

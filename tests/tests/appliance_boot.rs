@@ -1,5 +1,6 @@
 //! The appliance image in QEMU (issue 5, tests 1-3): boot to "relay ready" and relay
-//! over STARTTLS, the service watchdog, the hardware watchdog.
+//! over STARTTLS, the console banner, the service watchdog, the factory reset, the
+//! hardware watchdog.
 //!
 //! The image is `image/build-test-image --test-hooks` (built once per run, cached);
 //! see `qrelay_tests::vm` for the driver. Skipped without QEMU/OVMF unless
@@ -87,7 +88,55 @@ fn i5_boot_to_relay_ready_and_relay_over_starttls() {
         });
     assert!(got.tls, "the box delivered without STARTTLS");
     assert_eq!(got.rcpt_to, vec![format!("<{to}>")]);
+
+    // No login on the console: it shows the box's address (QEMU's DHCP gives
+    // 10.0.2.15) and the fingerprint of the certificate on port 25, which must be
+    // the very certificate STARTTLS presents.
+    let shown = console_fingerprint(&vm, 1);
+    assert_eq!(
+        shown,
+        starttls_fingerprint(vm.smtp_addr()),
+        "the console shows another certificate than port 25 presents"
+    );
+    let banner = vm
+        .wait_serial(1, "| address: ", Duration::from_secs(60))
+        .unwrap();
+    assert!(banner.contains("address: 10.0.2.15"), "banner: {banner}");
     vm.quit().unwrap();
+}
+
+/// The SMTP certificate fingerprint the console banner printed last in boot `boot`.
+fn console_fingerprint(vm: &Vm, boot: usize) -> String {
+    wait_until(
+        "the SMTP certificate fingerprint on the console",
+        Duration::from_secs(60),
+        || {
+            vm.boot_output(boot)
+                .lines()
+                .rev()
+                .filter_map(|l| l.split("SMTP certificate SHA-256: ").nth(1))
+                .map(|fp| fp.trim().to_string())
+                .find(|fp| fp.len() == 95)
+        },
+    )
+    .unwrap()
+}
+
+/// SHA-256 of the certificate a STARTTLS handshake on `addr` shows (openssl, as an
+/// admin would check it).
+fn starttls_fingerprint(addr: std::net::SocketAddr) -> String {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {addr} -starttls smtp </dev/null 2>/dev/null \
+             | openssl x509 -noout -fingerprint -sha256"
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let fp = text.trim().rsplit('=').next().unwrap_or("").to_string();
+    assert_eq!(fp.len(), 95, "openssl: {text:?} {out:?}");
+    fp
 }
 
 #[test]
@@ -132,7 +181,65 @@ fn i5_service_watchdog_restarts_a_frozen_relay() {
     )
     .unwrap();
     assert!(greeting.starts_with("220"), "{greeting}");
+
+    // Factory reset (on the same VM, saving a boot): `qrelay system factory-reset`
+    // arms the one-shot GRUB flag; the next boot wipes data and starts afresh.
+    factory_reset_wipes_data_on_the_next_boot(&mut vm);
     vm.quit().unwrap();
+}
+
+fn factory_reset_wipes_data_on_the_next_boot(vm: &mut Vm) {
+    const QRELAY: &str = "qrelay --config /etc/qrelay/qrelay.toml";
+    let before_fp = vm
+        .sh_ok(&format!("{QRELAY} tls show --fingerprint"))
+        .unwrap();
+    let before_id = vm.sh_ok("cat /data/machine-id").unwrap();
+    vm.sh_ok("echo customer data >/data/qrelay/marker && sync")
+        .unwrap();
+    let armed = vm
+        .sh_ok(&format!("{QRELAY} system factory-reset --yes"))
+        .unwrap();
+    assert!(armed.contains("factory reset armed"), "{armed}");
+
+    let boot = vm.reboot(boot_timeout()).expect("reboot");
+    vm.wait_ready(boot, boot_timeout())
+        .expect("ready after the factory reset");
+    let wiped = vm
+        .wait_serial(boot, "FACTORY RESET", Duration::from_secs(5))
+        .expect("the wipe on the console");
+    assert!(wiped.contains("wiping the data partition"), "{wiped}");
+    let state = vm
+        .sh_ok(
+            "cat /proc/cmdline; grub-editenv /boot/efi/EFI/BOOT/grubenv list; \
+             ls /data/qrelay/marker 2>&1; cat /data/machine-id",
+        )
+        .unwrap();
+    assert!(state.contains("qrelay.factory_reset=1"), "{state}");
+    assert!(
+        state.contains("QRELAY_FACTORY_RESET=0"),
+        "the flag is one-shot: {state}"
+    );
+    assert!(
+        state.contains("A_OK=1") && state.contains("A_TRY=0"),
+        "{state}"
+    );
+    assert!(
+        state.contains("No such file"),
+        "data survived the reset: {state}"
+    );
+    assert!(
+        !state.contains(before_id.trim()),
+        "the machine-id survived the reset: {state}"
+    );
+    let after_fp = vm
+        .sh_ok(&format!("{QRELAY} tls show --fingerprint"))
+        .unwrap();
+    assert_ne!(
+        after_fp.trim(),
+        before_fp.trim(),
+        "the certificate survived the reset"
+    );
+    assert_eq!(console_fingerprint(vm, boot), after_fp.trim());
 }
 
 #[test]

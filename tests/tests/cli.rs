@@ -90,3 +90,70 @@ fn system_factory_reset_needs_confirmation_and_arms_the_boot_flag() {
     assert!(out.status.success(), "{out:?}");
     assert!(list().contains("QRELAY_FACTORY_RESET=1"), "{}", list());
 }
+
+/// `qrelay tls show` reads the certificate files only (no relay needed) and prints the
+/// fingerprint the box's console shows; it must be the one `openssl` computes.
+#[test]
+fn tls_show_prints_the_certificate_fingerprint_openssl_computes() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let config = dir.path().join("qrelay.toml");
+    std::fs::write(&config, format!("[spool]\ndir = \"{}\"\n", spool.display())).unwrap();
+    let show = |extra: &[&str]| {
+        Command::new(qrelay_bin())
+            .args(["tls", "show", "--config"])
+            .arg(&config)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // Before the relay's first start there is nothing to show, and nothing is made.
+    let out = show(&[]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no certificate yet"),
+        "{out:?}"
+    );
+    assert!(!spool.join("tls").exists());
+
+    // A certificate as the relay keeps it (made with openssl here).
+    let tls = spool.join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    let cert = tls.join("smtp-cert.pem");
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "30", "-subj", "/CN=box.example"])
+        .args(["-addext", "subjectAltName=DNS:box.example"])
+        .arg("-keyout")
+        .arg(tls.join("smtp-key.pem"))
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+    let openssl = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(&cert)
+        .output()
+        .unwrap();
+    let openssl = String::from_utf8_lossy(&openssl.stdout);
+    let want = openssl.trim().rsplit('=').next().unwrap().to_string();
+    assert_eq!(want.len(), 95, "{openssl}");
+
+    let out = show(&["--fingerprint"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want);
+    let out = show(&[]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("generated on first start"), "{text}");
+    assert!(text.contains("names:       box.example"), "{text}");
+    assert!(text.contains(&format!("SHA-256:     {want}")), "{text}");
+}

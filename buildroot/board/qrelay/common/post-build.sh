@@ -101,7 +101,8 @@ preset=$target_dir/usr/lib/systemd/system-preset/20-qrelay.preset
 mkdir -p "$(dirname "$preset")"
 {
     echo "# qrelay appliance (buildroot/board/qrelay/common/post-build.sh)"
-    for u in systemd-networkd.service systemd-resolved.service systemd-timesyncd.service; do
+    for u in systemd-networkd.service systemd-networkd-wait-online.service \
+        systemd-resolved.service systemd-timesyncd.service; do
         echo "enable $u"
     done
 } >"$preset"
@@ -122,7 +123,7 @@ for unit in "$QRELAY_TOP"/image/overlay/etc/systemd/system/*.service \
 done
 [ "$enabled" -gt 0 ] || die "no unit of image/overlay/etc/systemd/system has an [Install] section"
 for u in getty@tty1.service serial-getty@ttyS0.service serial-getty@ttyAMA0.service \
-    console-getty.service systemd-networkd-wait-online.service; do
+    console-getty.service; do
     ln -sfn /dev/null "$unit_dir/$u"
     echo "disable $u" >>"$preset"
 done

@@ -70,9 +70,23 @@ enum Command {
     /// Reads only; safe while the relay runs.
     #[command(subcommand)]
     Evidence(EvidenceCmd),
+    /// The inbound STARTTLS certificate. Reads files only; works without the relay.
+    #[command(subcommand)]
+    Tls(TlsCmd),
     /// The appliance (as root on the box).
     #[command(subcommand)]
     System(SystemCmd),
+}
+
+#[derive(Subcommand)]
+enum TlsCmd {
+    /// The certificate the relay presents to the LAN mail server: file, names,
+    /// validity and SHA-256 fingerprint (compare it with what the mail server shows).
+    Show {
+        /// Print only the SHA-256 fingerprint (AA:BB:...), for scripts and the console.
+        #[arg(long)]
+        fingerprint: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -250,6 +264,30 @@ fn run(cli: Cli) -> Result<()> {
                 Response::Done(msg) => println!("{msg}"),
                 Response::Error(msg) => bail!("{msg}"),
                 other => bail!("unexpected answer from the relay: {other:?}"),
+            }
+            Ok(())
+        }
+        Command::Tls(TlsCmd::Show { fingerprint }) => {
+            let config = load_config(cli.config.as_deref())?;
+            let Some(cert) = qrelay::tls::server::current_certificate(&config)? else {
+                bail!(
+                    "no certificate yet: the relay generates one in {} on its first start",
+                    qrelay::tls::server::generated_dir(&config).display()
+                );
+            };
+            if fingerprint {
+                println!("{}", cert.sha256_colons());
+            } else {
+                let origin = if cert.generated {
+                    "generated on first start"
+                } else {
+                    "configured"
+                };
+                println!("certificate: {} ({origin})", cert.path.display());
+                println!("subject:     {}", cert.subject);
+                println!("names:       {}", cert.names.join(", "));
+                println!("valid:       {} to {}", cert.not_before, cert.not_after);
+                println!("SHA-256:     {}", cert.sha256_colons());
             }
             Ok(())
         }
