@@ -49,6 +49,9 @@ use crate::json::Json;
 pub const HOST_DNS_PORT: u16 = 40053;
 /// Host port of the receiving MX (the test image's `[delivery] port`).
 pub const HOST_MX_PORT: u16 = 40025;
+/// The host's NTP port: the test image's timesyncd asks 10.0.2.2, which QEMU's user
+/// network maps to the host's 127.0.0.1 (the NTP port cannot be moved in timesyncd).
+pub const HOST_NTP_PORT: u16 = 123;
 /// The recipient domain routed to the host's MX.
 pub const VM_DOMAIN: &str = "vm.test";
 /// Size of the VM's disk (the image is ~1 GB; the rest becomes data).
@@ -800,7 +803,8 @@ pub struct Received {
     pub tls: bool,
 }
 
-/// The box's peers on the host: DNS for `vm.test` and its MX with STARTTLS.
+/// The box's peers on the host: DNS for `vm.test`, its MX with STARTTLS, and an
+/// SNTP server for the box's clock. A VM booted without them has no time source.
 pub struct HostPeers {
     received: Arc<Mutex<Vec<Received>>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -809,8 +813,8 @@ pub struct HostPeers {
 }
 
 impl HostPeers {
-    /// Bind 127.0.0.1:[`HOST_DNS_PORT`] and 127.0.0.1:[`HOST_MX_PORT`]; hold
-    /// [`vm_lock`] while they run.
+    /// Bind 127.0.0.1:[`HOST_DNS_PORT`], 127.0.0.1:[`HOST_MX_PORT`] (TCP) and
+    /// 127.0.0.1:[`HOST_NTP_PORT`] (UDP); hold [`vm_lock`] while they run.
     pub fn start() -> Result<HostPeers> {
         let dir = tempfile::Builder::new().prefix("qrelay-vm-mx-").tempdir()?;
         let tls = Arc::new(mx_tls_config(dir.path())?);
@@ -818,8 +822,12 @@ impl HostPeers {
             .with_context(|| format!("bind 127.0.0.1:{HOST_DNS_PORT} (DNS for the VM)"))?;
         let mx = std::net::TcpListener::bind(("127.0.0.1", HOST_MX_PORT))
             .with_context(|| format!("bind 127.0.0.1:{HOST_MX_PORT} (MX for the VM)"))?;
+        let ntp = std::net::UdpSocket::bind(("127.0.0.1", HOST_NTP_PORT)).with_context(|| {
+            format!("bind UDP 127.0.0.1:{HOST_NTP_PORT} (NTP for the VM; is an NTP server running on this host?)")
+        })?;
         dns.set_nonblocking(true)?;
         mx.set_nonblocking(true)?;
+        ntp.set_nonblocking(true)?;
         let received = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = {
@@ -851,9 +859,12 @@ impl HostPeers {
                                 });
                             }
                         });
+                        let ntp = tokio::net::UdpSocket::from_std(ntp).expect("ntp socket");
+                        let ntp_task = tokio::spawn(serve_sntp(ntp));
                         let _ = rx.await;
                         dns_task.abort();
                         mx_task.abort();
+                        ntp_task.abort();
                     });
                 })?
         };
@@ -892,6 +903,44 @@ impl Drop for HostPeers {
             let _ = t.join();
         }
     }
+}
+
+/// A minimal SNTP server (RFC 4330): answers every client request with the host's
+/// clock, stratum 2, so that the box's systemd-timesyncd synchronises.
+async fn serve_sntp(sock: tokio::net::UdpSocket) {
+    let mut buf = [0u8; 512];
+    while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+        if let Some(reply) = sntp_reply(&buf[..n], std::time::SystemTime::now()) {
+            let _ = sock.send_to(&reply, from).await;
+        }
+    }
+}
+
+/// The server's answer to a client (mode 3) request, or `None` for anything else.
+pub fn sntp_reply(request: &[u8], now: std::time::SystemTime) -> Option<[u8; 48]> {
+    if request.len() < 48 || request[0] & 0x07 != 3 {
+        return None;
+    }
+    let version = (request[0] >> 3) & 0x07;
+    let since_1970 = now.duration_since(std::time::UNIX_EPOCH).ok()?;
+    // NTP time: seconds since 1900 and a 32-bit binary fraction.
+    let secs = (since_1970.as_secs() + 2_208_988_800) as u32;
+    let frac = ((u64::from(since_1970.subsec_nanos()) << 32) / 1_000_000_000) as u32;
+    let mut ts = [0u8; 8];
+    ts[..4].copy_from_slice(&secs.to_be_bytes());
+    ts[4..].copy_from_slice(&frac.to_be_bytes());
+    let mut r = [0u8; 48];
+    r[0] = (version.clamp(3, 4) << 3) | 4; // leap 0 (synchronised), mode 4 (server)
+    r[1] = 2; // stratum
+    r[2] = request[2]; // poll
+    r[3] = (-20i8) as u8; // precision: ~1 microsecond
+    r[8..12].copy_from_slice(&0x0000_0010u32.to_be_bytes()); // root dispersion ~0.25 ms
+    r[12..16].copy_from_slice(&[127, 0, 0, 1]); // reference id
+    r[16..24].copy_from_slice(&ts); // reference time
+    r[24..32].copy_from_slice(&request[40..48]); // originate = the client's transmit
+    r[32..40].copy_from_slice(&ts); // receive
+    r[40..48].copy_from_slice(&ts); // transmit
+    Some(r)
 }
 
 /// A self-signed P-256 certificate for `mx.vm.test` (level `encrypted` does not
@@ -1152,5 +1201,27 @@ mod tests {
         assert!(parts[1].contains("used up its tries"));
         assert!(parts[2].starts_with("B (try 1 of 3"));
         assert!(parts[2].contains("relay ready"));
+    }
+
+    #[test]
+    fn sntp_reply_echoes_the_client_timestamp_and_gives_the_time() {
+        let mut req = [0u8; 48];
+        req[0] = (4 << 3) | 3; // version 4, client
+        req[2] = 6;
+        req[40..48].copy_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        let now = std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_500);
+        let r = sntp_reply(&req, now).expect("a reply");
+        assert_eq!(r[0], (4 << 3) | 4, "leap 0, version 4, server");
+        assert_eq!(r[1], 2);
+        assert_eq!(r[2], 6);
+        assert_eq!(&r[24..32], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        let secs = u32::from_be_bytes(r[40..44].try_into().unwrap());
+        assert_eq!(u64::from(secs), 1_700_000_000 + 2_208_988_800);
+        let frac = u32::from_be_bytes(r[44..48].try_into().unwrap());
+        assert_eq!(frac, 1 << 31, "half a second");
+        // Not a client request: no answer.
+        req[0] = (4 << 3) | 4;
+        assert!(sntp_reply(&req, now).is_none());
+        assert!(sntp_reply(&req[..40], now).is_none());
     }
 }

@@ -102,6 +102,10 @@ fn i5_boot_to_relay_ready_and_relay_over_starttls() {
         .wait_serial(1, "| address: ", Duration::from_secs(60))
         .unwrap();
     assert!(banner.contains("address: 10.0.2.15"), "banner: {banner}");
+    // systemd-timesyncd set the clock from the host's SNTP server (HostPeers), and
+    // the console says so.
+    vm.wait_serial(1, "clock: synchronised", Duration::from_secs(120))
+        .expect("the clock synchronised");
     vm.quit().unwrap();
 }
 
@@ -147,6 +151,9 @@ fn i5_service_watchdog_restarts_a_frozen_relay() {
     };
     let mut vm = Vm::boot(&tools, VmOptions::default()).expect("boot");
     vm.wait_ready(1, boot_timeout()).expect("relay ready");
+    // No host peers in this test, so no time source: the relay holds back what
+    // needs certificate checks (done before the frozen-relay part, which restarts it).
+    unsynchronised_clock_defers_certificate_checked_mail(&mut vm);
     let before = main_pid(&mut vm);
     vm.sh_ok(&format!("kill -STOP {before}")).unwrap();
     let frozen = Instant::now();
@@ -186,6 +193,39 @@ fn i5_service_watchdog_restarts_a_frozen_relay() {
     // arms the one-shot GRUB flag; the next boot wipes data and starts afresh.
     factory_reset_wipes_data_on_the_next_boot(&mut vm);
     vm.quit().unwrap();
+}
+
+/// The box's `[system] require_time_sync`: without a synchronised clock a message of
+/// class `high` (level verified) is deferred with the reason, and the console warns.
+fn unsynchronised_clock_defers_certificate_checked_mail(vm: &mut Vm) {
+    let banner = vm
+        .wait_serial(1, "clock: NOT synchronised", Duration::from_secs(60))
+        .expect("the console warns about the clock");
+    assert!(banner.contains("certificates wait"), "{banner}");
+    let tok = token("vm-clock");
+    let to = format!("someone@{}", vm::VM_DOMAIN);
+    let msg = build_message(
+        "sender@lan.example",
+        &[&to],
+        &tok,
+        "Needs a verified server.",
+    )
+    .replacen("Subject: ", "Subject: [vertraulich] ", 1);
+    assert!(msg.contains("[vertraulich]"), "{msg}");
+    let t = send_mail(vm.smtp_addr(), "sender@lan.example", &[&to], &msg).expect("submit");
+    assert!(t.accepted(), "not accepted: {:?}", t.codes());
+    let id = t.queue_id().expect("queue id in the 250 reply");
+    let show = wait_until("the deferral", Duration::from_secs(60), || {
+        let out = vm
+            .sh_ok(&format!(
+                "qrelay --config /etc/qrelay/qrelay.toml queue show {id}"
+            ))
+            .ok()?;
+        out.contains("not synchronised").then_some(out)
+    })
+    .unwrap();
+    assert!(show.contains("Class:        high"), "{show}");
+    assert!(show.contains("Status:         4.4.0"), "{show}");
 }
 
 fn factory_reset_wipes_data_on_the_next_boot(vm: &mut Vm) {

@@ -160,6 +160,10 @@ impl TlsaSource<'_> {
     }
 }
 
+/// How long a delivery waits for the first DNSSEC probe after a start (the probe
+/// takes at most the DNS timeout per upstream; this only bounds a stuck one).
+const FIRST_PROBE_WAIT: Duration = Duration::from_secs(30);
+
 /// The real transport: SMTP to the recipient domain's mail servers. Built once at
 /// start; cheap to share (`Arc<Deliverer>`) between concurrent deliveries.
 pub struct Deliverer {
@@ -406,6 +410,13 @@ impl Deliverer {
     /// MX and addresses, the MTA-STS policy, then [`Deliverer::deliver_route`]
     /// (which looks up TLSA records per host).
     pub async fn attempt(&self, req: DeliveryRequest) -> DeliveryReport {
+        // Right after a start (a reboot after a power cut, say) the DNSSEC probe has
+        // not decided yet whether answers can be validated; wait for it rather than
+        // defer the recovered mail on answers that look bogus only until then.
+        self.resolver
+            .dnssec_status()
+            .first_probe(FIRST_PROBE_WAIT)
+            .await;
         // Certificate validity depends on the clock: on a box that has not yet
         // synchronised it, levels that check certificates wait (issue 5).
         if self.config.system.require_time_sync

@@ -13,6 +13,8 @@
 //! counts as unavailable too: a misconfiguration the operator must fix, reported
 //! the same loud way.
 
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -60,26 +62,64 @@ impl DnssecHealth {
 
 /// The shared state of the last probe (cheap to clone; one writer, many readers).
 #[derive(Debug, Clone)]
-pub struct DnssecStatus(Arc<RwLock<DnssecHealth>>);
+pub struct DnssecStatus(Arc<StatusInner>);
+
+#[derive(Debug)]
+struct StatusInner {
+    health: RwLock<DnssecHealth>,
+    /// A [`monitor_dnssec`] keeps this status current (the daemon); without one
+    /// (`qrelay check`, tests) nobody would ever end [`DnssecHealth::Unknown`].
+    monitored: AtomicBool,
+    changed: tokio::sync::Notify,
+}
 
 impl Default for DnssecStatus {
     fn default() -> Self {
-        DnssecStatus(Arc::new(RwLock::new(DnssecHealth::Unknown)))
+        DnssecStatus(Arc::new(StatusInner {
+            health: RwLock::new(DnssecHealth::Unknown),
+            monitored: AtomicBool::new(false),
+            changed: tokio::sync::Notify::new(),
+        }))
     }
 }
 
 impl DnssecStatus {
     pub fn get(&self) -> DnssecHealth {
-        match self.0.read() {
+        match self.0.health.read() {
             Ok(g) => g.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
     pub fn set(&self, health: DnssecHealth) {
-        match self.0.write() {
+        match self.0.health.write() {
             Ok(mut g) => *g = health,
             Err(poisoned) => *poisoned.into_inner() = health,
+        }
+        self.0.changed.notify_waiters();
+    }
+
+    /// Wait (at most `max`) until the first probe of a monitored status has finished.
+    ///
+    /// Before it, the resolver validates, and through upstreams that do not pass
+    /// DNSSEC every answer is bogus: a delivery attempted in the first seconds after
+    /// a start would be deferred into the retry schedule (5 minutes) although the
+    /// probe is about to switch to unvalidated answers. Returns at once when no
+    /// monitor runs or a probe has finished.
+    pub async fn first_probe(&self, max: Duration) {
+        let deadline = tokio::time::Instant::now() + max;
+        while self.0.monitored.load(Ordering::Acquire) && self.get() == DnssecHealth::Unknown {
+            // Register for the wake-up before the second look, so that a probe
+            // finishing in between is not missed.
+            let changed = self.0.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.get() != DnssecHealth::Unknown {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return;
+            }
         }
     }
 }
@@ -127,15 +167,26 @@ impl Resolver {
 /// and logging: the error sentence when DNSSEC becomes unavailable, a warning on
 /// every further probe that still fails (so it stays visible), one info line when
 /// it becomes available. The status is set before the line is logged.
-pub async fn monitor_dnssec(resolver: Resolver, status: DnssecStatus, interval: Duration) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let health = resolver.probe_dnssec().await;
-        let before = status.get();
-        status.set(health.clone());
-        log_transition(&resolver, &before, &health);
+///
+/// The status counts as monitored from the call on (not from the first poll of the
+/// returned future), so deliveries started right after it wait for the first probe
+/// ([`DnssecStatus::first_probe`]).
+pub fn monitor_dnssec(
+    resolver: Resolver,
+    status: DnssecStatus,
+    interval: Duration,
+) -> impl Future<Output = ()> {
+    status.0.monitored.store(true, Ordering::Release);
+    async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let health = resolver.probe_dnssec().await;
+            let before = status.get();
+            status.set(health.clone());
+            log_transition(&resolver, &before, &health);
+        }
     }
 }
 
@@ -192,5 +243,44 @@ mod tests {
     async fn unvalidated_resolver_reports_disabled() {
         let r = Resolver::unvalidated_for_tests(&DnsConfig::default());
         assert_eq!(r.probe_dnssec().await, DnssecHealth::Disabled);
+    }
+
+    #[tokio::test]
+    async fn first_probe_waits_only_for_a_monitored_status() {
+        // Nobody monitors: no waiting (qrelay check, tests).
+        let status = DnssecStatus::default();
+        let t = std::time::Instant::now();
+        status.first_probe(Duration::from_secs(30)).await;
+        assert!(t.elapsed() < Duration::from_secs(5));
+
+        // Monitored through an unreachable upstream: the wait ends when the first
+        // probe has an answer (unavailable), long before the bound.
+        let r = Resolver::from_config(&DnsConfig {
+            servers: vec!["127.0.0.1:9".parse().unwrap()],
+            timeout: Duration::from_millis(200),
+            trust_anchor: None,
+        })
+        .unwrap();
+        let status = DnssecStatus::default();
+        let monitor = tokio::spawn(monitor_dnssec(r, status.clone(), PROBE_INTERVAL));
+        status.first_probe(Duration::from_secs(60)).await;
+        assert!(
+            matches!(status.get(), DnssecHealth::Unavailable { .. }),
+            "{:?}",
+            status.get()
+        );
+        monitor.abort();
+
+        // A monitor that never finishes a probe: the wait is bounded.
+        let status = DnssecStatus::default();
+        let _never = monitor_dnssec(
+            Resolver::unvalidated_for_tests(&DnsConfig::default()),
+            status.clone(),
+            PROBE_INTERVAL,
+        );
+        let t = std::time::Instant::now();
+        status.first_probe(Duration::from_millis(300)).await;
+        assert!(t.elapsed() >= Duration::from_millis(300));
+        assert_eq!(status.get(), DnssecHealth::Unknown);
     }
 }
