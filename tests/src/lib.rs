@@ -40,3 +40,32 @@ pub fn wait_until<T>(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A self-signed P-256 certificate for `name` (CN and subjectAltName, 30 days) made
+/// with the openssl command, as an admin would make one: `cert` and `key` in PEM.
+pub fn openssl_self_signed(
+    name: &str,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<()> {
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "30"])
+        .arg("-subj")
+        .arg(format!("/CN={name}"))
+        .arg("-addext")
+        .arg(format!("subjectAltName=DNS:{name}"))
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run openssl: {e}"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "openssl req failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}

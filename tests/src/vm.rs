@@ -948,35 +948,7 @@ pub fn sntp_reply(request: &[u8], now: std::time::SystemTime) -> Option<[u8; 48]
 fn mx_tls_config(dir: &Path) -> Result<rustls::ServerConfig> {
     let key = dir.join("mx.key");
     let cert = dir.join("mx.pem");
-    let st = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .args([
-            "-subj",
-            "/CN=mx.vm.test",
-            "-addext",
-            "subjectAltName=DNS:mx.vm.test",
-            "-days",
-            "30",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .context("run openssl")?;
-    if !st.success() {
-        bail!("openssl req failed");
-    }
+    crate::openssl_self_signed("mx.vm.test", &cert, &key)?;
     let chain = CertificateDer::pem_file_iter(&cert)?.collect::<Result<Vec<_>, _>>()?;
     let key = PrivateKeyDer::from_pem_file(&key)?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());

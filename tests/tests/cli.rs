@@ -120,24 +120,7 @@ fn tls_show_prints_the_certificate_fingerprint_openssl_computes() {
     let tls = spool.join("tls");
     std::fs::create_dir_all(&tls).unwrap();
     let cert = tls.join("smtp-cert.pem");
-    let ok = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-days", "30", "-subj", "/CN=box.example"])
-        .args(["-addext", "subjectAltName=DNS:box.example"])
-        .arg("-keyout")
-        .arg(tls.join("smtp-key.pem"))
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(ok.status.success(), "{ok:?}");
+    qrelay_tests::openssl_self_signed("box.example", &cert, &tls.join("smtp-key.pem")).unwrap();
     let openssl = Command::new("openssl")
         .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
         .arg(&cert)
