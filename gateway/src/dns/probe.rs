@@ -24,6 +24,10 @@ use super::{classify_error, security_of, Lookup, Resolver, Security};
 
 /// How often the daemon re-probes.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(600);
+/// How soon it probes again while DNSSEC is unavailable: often the upstream was
+/// only unreachable for a moment (the uplink of a box that has just booted), and
+/// until the next probe DANE is off and what needs DNSSEC waits.
+pub const PROBE_RETRY: Duration = Duration::from_secs(60);
 
 /// The outcome of the last probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,11 +166,12 @@ impl Resolver {
     }
 }
 
-/// Probe now and then every `interval` forever, keeping `status` current (the
-/// resolvers sharing it switch to unvalidated lookups while it says unavailable)
-/// and logging: the error sentence when DNSSEC becomes unavailable, a warning on
-/// every further probe that still fails (so it stays visible), one info line when
-/// it becomes available. The status is set before the line is logged.
+/// Probe now and then every `interval` ([`PROBE_RETRY`] while unavailable) forever,
+/// keeping `status` current (the resolvers sharing it switch to unvalidated lookups
+/// while it says unavailable) and logging: the error sentence when DNSSEC becomes
+/// unavailable, a warning at most every `interval` while it stays so (so it stays
+/// visible without flooding the log), one info line when it becomes available. The
+/// status is set before the line is logged.
 ///
 /// The status counts as monitored from the call on (not from the first poll of the
 /// returned future), so deliveries started right after it wait for the first probe
@@ -178,14 +183,27 @@ pub fn monitor_dnssec(
 ) -> impl Future<Output = ()> {
     status.0.monitored.store(true, Ordering::Release);
     async move {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_reminder = tokio::time::Instant::now();
         loop {
-            ticker.tick().await;
             let health = resolver.probe_dnssec().await;
             let before = status.get();
             status.set(health.clone());
-            log_transition(&resolver, &before, &health);
+            let still_unavailable = matches!(
+                (&before, &health),
+                (
+                    DnssecHealth::Unavailable { .. },
+                    DnssecHealth::Unavailable { .. }
+                )
+            );
+            if !still_unavailable || last_reminder.elapsed() >= interval {
+                log_transition(&resolver, &before, &health);
+                last_reminder = tokio::time::Instant::now();
+            }
+            let next = match health {
+                DnssecHealth::Unavailable { .. } => interval.min(PROBE_RETRY),
+                _ => interval,
+            };
+            tokio::time::sleep(next).await;
         }
     }
 }
