@@ -94,6 +94,18 @@ fn rauc_info(bundle: &Path) -> Output {
         .arg(bundle))
 }
 
+/// `rauc info` must refuse `bundle` (`what` names it in the failure) with a message
+/// containing `reason`: a refusal for another reason would not test the check.
+fn assert_refused(bundle: &Path, what: &str, reason: &str) {
+    let out = rauc_info(bundle);
+    let info = text(&out);
+    assert!(!out.status.success(), "{what} accepted:\n{info}");
+    assert!(
+        info.contains(reason),
+        "unclear refusal of the {what}:\n{info}"
+    );
+}
+
 /// `rauc extract` reads the whole payload; for a verity bundle it checks every block
 /// against the signed root hash, as dm-verity does on the box during `rauc install`.
 fn rauc_extract(bundle: &Path, into: &Path) -> Output {
@@ -175,12 +187,10 @@ fn update_bundle_signed_by_another_key_is_refused() {
         "make-bundle (other key):\n{}",
         text(&out)
     );
-    let out = rauc_info(&bundle);
-    let info = text(&out);
-    assert!(!out.status.success(), "foreign signature accepted:\n{info}");
-    assert!(
-        info.contains("signature verification failed"),
-        "unclear refusal:\n{info}"
+    assert_refused(
+        &bundle,
+        "foreign signature",
+        "signature verification failed",
     );
 }
 
@@ -281,16 +291,10 @@ fn update_bundle_signed_by_a_non_code_signing_certificate_is_refused() {
             .arg(&input)
             .arg(&bundle),
     );
-    let out = rauc_info(&bundle);
-    assert!(
-        !out.status.success(),
-        "TLS-signed bundle accepted:\n{}",
-        text(&out)
-    );
-    assert!(
-        text(&out).contains("unsuitable certificate purpose"),
-        "{}",
-        text(&out)
+    assert_refused(
+        &bundle,
+        "TLS-signed bundle",
+        "unsuitable certificate purpose",
     );
 }
 
@@ -385,17 +389,7 @@ fn update_plain_bundle_format_is_refused() {
             .arg(&input)
             .arg(&bundle),
     );
-    let out = rauc_info(&bundle);
-    assert!(
-        !out.status.success(),
-        "plain bundle accepted:\n{}",
-        text(&out)
-    );
-    assert!(
-        text(&out).contains("Bundle format 'plain' not allowed"),
-        "{}",
-        text(&out)
-    );
+    assert_refused(&bundle, "plain bundle", "Bundle format 'plain' not allowed");
 }
 
 /// Runs the box's pre-install handler as RAUC would, with the running version and the
